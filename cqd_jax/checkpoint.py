@@ -1,0 +1,58 @@
+"""Orbax checkpoints of a training stage: model and optimizer state plus the grain iterator position.
+
+Each stage has its own CheckpointManager directory. Orbax finalises a step atomically (it writes to a
+temporary directory and renames it), so a run killed mid-save leaves no step that reads as complete, and
+re-running resumes from the latest complete step. A later stage loads its teacher from here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be used (corrupt, or from another model or class count)."""
+
+
+def make_manager(directory: str, *, save_every: int, keep: int = 2) -> ocp.CheckpointManager:
+  """A manager for one stage that keeps the last `keep` steps and saves every `save_every` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any | None = None, *,
+         force: bool = False) -> bool:
+  """Saves `state` (and the data iterator position) at `step` if due, or always with `force`."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: Any | None = None) -> Any | None:
+  """Restores the latest complete step into the structure of `state` (and `data_iterator`, in place).
+
+  Returns the restored state, or None when the directory holds no checkpoint yet.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None
+  items = {"state": ocp.args.StandardRestore(state)}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+  except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
+    raise CheckpointError(
+        f"checkpoint {manager.directory}/{step} cannot be restored ({type(e).__name__}: {_first_line(e)}); "
+        "it is corrupt or was written for another model/class count: delete it or use a fresh --workdir"
+    ) from e
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:300] if text else ""

@@ -1,0 +1,98 @@
+"""Config checks that run before any work: names resolve, numbers are in range, and a workdir is never
+silently reused with a config that would change its results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+# Keys that change how a run is shown or paced but not its results; they may differ on resume.
+COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "eval_batch_size")
+
+
+class ConfigError(ValueError):
+  """A config value is missing, of the wrong type or out of range; the message names the key."""
+
+
+def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      raise ConfigError(f"config key {key} is missing")
+    node = node[part]
+  return node
+
+
+def _check_number(config: ml_collections.ConfigDict, key: str, kind: type, low: float, strict: bool) -> None:
+  value = _get(config, key)
+  if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+    raise ConfigError(f"config key {key}={value!r} must be a{'n integer' if kind is int else ' number'}")
+  if value < low or (strict and value == low):
+    raise ConfigError(f"config key {key}={value!r} must be {'>' if strict else '>='} {low}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (or ValueError from a registry) naming the first bad key."""
+  from cqd_jax import degrade, losses, methods, models  # JAX-heavy imports, only when validating.
+
+  for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every"):
+    _check_number(config, key, int, 0, strict=True)
+  _check_number(config, "image_size", int, 16, strict=False)
+  _check_number(config, "optimizer.lr", float, 0, strict=True)
+  _check_number(config, "optimizer.end_lr", float, 0, strict=False)
+  _check_number(config, "optimizer.weight_decay", float, 0, strict=False)
+  _check_number(config, "optimizer.warmup_steps", int, 0, strict=False)
+  _check_number(config, "distill.temperature", float, 0, strict=True)
+  _check_number(config, "distill.weight", float, 0, strict=False)
+  losses.get_distill_loss(config.distill.loss)
+  if not config.methods:
+    raise ConfigError("config key methods is empty")
+  for name in config.methods:
+    methods.get_method(name)
+  if not config.degradations:
+    raise ConfigError("config key degradations is empty")
+  for name, deg in config.degradations.items():
+    for side in ("a", "b"):
+      try:
+        degrade.make_view(_get(config, f"degradations.{name}.{side}"), config.image_size,
+                          config.degrade_params.to_dict())
+      except ValueError as e:
+        raise ConfigError(f"config key degradations.{name}.{side}: {e}") from None
+  for key in ("model", "teacher_model"):
+    if key == "model" or config.teacher_model.name:
+      try:
+        models.get_model(_get(config, f"{key}.name"), 2, **_get(config, f"{key}.options").to_dict())
+      except (ValueError, TypeError) as e:
+        raise ConfigError(f"config key {key}: {e}") from None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool = False) -> None:
+  """Writes workdir/config.json, or refuses a config whose result-changing keys differ from the stored one."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path) and not allow_changes:
+    with open(path) as f:
+      stored = json.load(f)
+    old, new = _flatten(stored), _flatten(current)
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not k.startswith(COSMETIC_KEYS))
+    if changed:
+      raise ConfigError(f"{path} was written by a run with a different config; differing keys: "
+                        f"{', '.join(changed)} (use another --workdir, or --allow_config_change)")
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(current, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,48 @@
+"""Data sets by name: each entry makes the TFDS builder for a data_dir and data-set specific options.
+
+`prepare` builds a data set once (array_record files, no TensorFlow needed). TFDS writes into a sibling
+`incomplete.XXXXXX_<version>` directory and renames it to `<version>` only after every split and the
+metadata are written, so a build that is interrupted never leaves a directory that reads as complete.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow_datasets as tfds
+
+from cqd_jax.data import synthetic
+from cqd_jax.data import synthetic_tfds
+
+BuilderFn = Callable[..., tfds.core.DatasetBuilder]
+
+
+def _cqd_synthetic(data_dir: str, **spec_fields) -> tfds.core.DatasetBuilder:
+  """Options are `SyntheticSpec` fields (num_classes, image_size, *_per_class, seed); each spec has its own dir."""
+  spec = synthetic.SyntheticSpec(**spec_fields)
+  return synthetic_tfds.CqdSynthetic(data_dir=data_dir, config=synthetic_tfds.config_name(spec))
+
+
+DATASETS: dict[str, BuilderFn] = {
+    "cqd_synthetic": _cqd_synthetic,
+}
+
+
+def get_builder(name: str, data_dir: str, **options) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of data set `name` in `data_dir`; it may or may not be built yet."""
+  if name not in DATASETS:
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+  return DATASETS[name](data_dir, **options)
+
+
+def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
+            **options) -> tfds.core.DatasetBuilder:
+  """Builds data set `name` into `data_dir` unless already built (then it does nothing); returns the builder.
+
+  `manual_dir` is where data sets with manually downloaded files look for them.
+  """
+  builder = get_builder(name, data_dir, **options)
+  if not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record",
+                                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder

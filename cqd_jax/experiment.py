@@ -1,0 +1,235 @@
+"""Runs a config's experiment: the teacher (train on A) once per high-quality view, then every method for
+every degradation, each a resumable stage with its own checkpoints, then the results table.
+
+Workdir layout:
+  config.json                  the config this workdir was started with
+  data/                        TFDS data (when config.dataset.data_dir is empty)
+  stages/<stage>/checkpoints/  Orbax steps of the stage (state + data iterator)
+  stages/<stage>/result.json   written last, atomically: a stage with it is finished and skipped on re-run
+  tensorboard/<stage>/         TensorBoard scalars
+  results.csv, results.md      the table (method x test domain x degradation)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import zlib
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from cqd_jax import checkpoint
+from cqd_jax import degrade
+from cqd_jax import input_pipeline
+from cqd_jax import models
+from cqd_jax import results
+from cqd_jax import train
+from cqd_jax import writers
+from cqd_jax.data import registry
+from cqd_jax.methods import METHODS, TEACHER_METHOD, get_method
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One model to train: `method` with high-quality view `view_a` and degraded view `view_b`."""
+
+  name: str
+  method: str
+  view_a: str
+  view_b: str
+  teacher: str | None  # stage whose final model is the teacher / initialisation
+
+
+def teacher_stage_name(view_a: str) -> str:
+  return f"{TEACHER_METHOD}@{view_a.replace('+', '_')}"
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Stage]:
+  """Stages in run order: each distinct teacher first, then the other methods of every degradation."""
+  stages: dict[str, Stage] = {}
+  for deg_name, deg in config.degradations.items():
+    teacher = teacher_stage_name(deg.a)
+    stages.setdefault(teacher, Stage(teacher, TEACHER_METHOD, deg.a, deg.a, None))
+  for deg_name, deg in config.degradations.items():
+    for method in config.methods:
+      if method != TEACHER_METHOD:
+        name = f"{deg_name}/{method}"
+        stages[name] = Stage(name, method, deg.a, deg.b, teacher_stage_name(deg.a))
+  return list(stages.values())
+
+
+@dataclasses.dataclass
+class Data:
+  """The prepared data set and what the models need to know about it."""
+
+  builder: Any
+  num_classes: int
+  class_names: list[str]
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
+  """Builds the TFDS data set if needed (the demo data is generated in a few seconds)."""
+  data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
+  builder = registry.prepare(config.dataset.name, data_dir, manual_dir=config.dataset.manual_dir or None,
+                             **config.dataset.options.to_dict())
+  return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
+
+
+def _make_model(model_config: ml_collections.ConfigDict, num_classes: int):
+  return models.get_model(model_config.name, num_classes, **model_config.options.to_dict())
+
+
+def _view(config: ml_collections.ConfigDict, spec: str):
+  return degrade.make_view(spec, config.image_size, config.degrade_params.to_dict())
+
+
+def say(message: str) -> None:
+  """A progress line that does not break the progress bars (logging is kept for debugging)."""
+  tqdm.tqdm.write(message, file=sys.stderr)
+
+
+def _stable_hash(text: str) -> int:
+  """A per-stage seed offset that is the same in every process (unlike hash())."""
+  return zlib.crc32(text.encode()) % 2**31
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+class Runner:
+  """Trains and evaluates the stages of one experiment in one workdir."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, data: Data):
+    self.config, self.workdir, self.data = config, workdir, data
+    self.mesh = train.data_mesh()
+    train.check_batch_size(config.batch_size)
+    train.check_batch_size(config.eval_batch_size, "eval_batch_size")
+    self.student = _make_model(config.model, data.num_classes)
+    self.teacher_model = (_make_model(config.teacher_model, data.num_classes) if config.teacher_model.name
+                          else self.student)
+
+  def stage_dir(self, stage: Stage) -> str:
+    return os.path.join(self.workdir, "stages", stage.name.replace("/", "__"))
+
+  def _model_for(self, stage: Stage):
+    return self.teacher_model if stage.method == TEACHER_METHOD else self.student
+
+  def _template(self, stage: Stage, variables=None) -> train.TrainState:
+    tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
+    rng = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(stage.name))
+    return train.create_train_state(self._model_for(stage), rng, self.config.image_size, tx, variables)
+
+  def final_variables(self, stage: Stage) -> dict[str, Any]:
+    """The trained model of a finished stage, read back from its last checkpoint."""
+    manager = checkpoint.make_manager(os.path.join(self.stage_dir(stage), "checkpoints"), save_every=1)
+    state = checkpoint.restore_latest(manager, self._template(stage))
+    manager.close()
+    if state is None:
+      raise checkpoint.CheckpointError(f"stage {stage.name} has no checkpoint in {self.stage_dir(stage)}")
+    return state.variables
+
+  def train(self, stage: Stage, teacher: dict[str, Any] | None) -> dict[str, Any]:
+    """Trains `stage` to config.num_steps, resuming from its latest checkpoint; returns its variables."""
+    config, method = self.config, get_method(stage.method)
+    if method.init_from_teacher and self.teacher_model is not self.student:
+      raise ValueError(f"config key methods: {stage.method} starts the student from the teacher, which needs "
+                       "the same architecture (leave config.teacher_model empty)")
+    state = self._template(stage, teacher if method.init_from_teacher else None)
+    loader = input_pipeline.train_loader(self.data.builder, "train", batch_size=config.batch_size // jax.process_count(),
+                                         seed=config.seed, worker_count=config.dataset.worker_count)
+    data_iter = iter(loader)
+    stage_dir = self.stage_dir(stage)
+    manager = checkpoint.make_manager(os.path.join(stage_dir, "checkpoints"), save_every=config.checkpoint_every)
+    restored = checkpoint.restore_latest(manager, state, data_iter)
+    if restored is not None:
+      state = restored
+      say(f"stage {stage.name}: resuming from step {int(state.step)}")
+    start = int(state.step)
+    state = train.replicate(state, self.mesh)
+    teacher_vars = train.replicate(teacher, self.mesh) if method.distill else None
+    step_fn = train.jit_train_step(
+        self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
+        teacher_apply=self.teacher_model.apply if method.distill else None, distill=config.distill,
+        flip=config.augment.flip)
+    rng = jax.random.fold_in(jax.random.key(config.seed), 1 + _stable_hash(stage.name))
+    writer = writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
+                                  log=False)
+    bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
+                    dynamic_ncols=True, leave=True, disable=not config.progress_bar)
+    t0, seen = time.time(), 0
+    for step in range(start, config.num_steps):
+      batch = train.shard_batch(next(data_iter), self.mesh)
+      state, metrics = step_fn(state, teacher_vars, batch, rng)
+      seen += config.batch_size
+      bar.update(1)
+      if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars["img_per_s"] = seen / (time.time() - t0)
+        writer.write_scalars(step + 1, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
+                        ips=f"{scalars['img_per_s']:.0f}")
+      checkpoint.save(manager, step + 1, jax.device_get(state), data_iter, force=step + 1 == config.num_steps)
+    bar.close()
+    if start < config.num_steps:
+      elapsed = time.time() - t0
+      say(f"stage {stage.name}: {config.num_steps - start} steps in {elapsed:.1f}s ({seen / elapsed:.0f} img/s)")
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    return jax.device_get(state.variables)
+
+  def evaluate(self, stage: Stage, variables: dict[str, Any], view_b: str) -> dict[str, float]:
+    """Top-1 accuracy of a stage's model on the test split, on view A and on `view_b`."""
+    config = self.config
+    eval_fn = train.jit_eval_step(self.mesh, apply_fn=self._model_for(stage).apply,
+                                  view_a=_view(config, stage.view_a), view_b=_view(config, view_b))
+    variables = train.replicate(variables, self.mesh)
+    total = None
+    batches = input_pipeline.eval_batches(self.data.builder, config.eval_split, batch_size=config.eval_batch_size)
+    for i, batch in enumerate(batches):
+      m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i))
+      total = m if total is None else total.merge(m)
+    return {k: float(v) for k, v in total.compute().items()}
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  """Runs (or resumes) every stage of `config` in `workdir` and writes the results table."""
+  data = prepare_data(config, workdir)
+  runner = Runner(config, workdir, data)
+  stages = plan(config)
+  trained: dict[str, dict[str, Any]] = {}
+  rows = []
+  for stage in stages:
+    result_path = os.path.join(runner.stage_dir(stage), "result.json")
+    teacher = trained.get(stage.teacher) if stage.teacher else None
+    if stage.teacher and teacher is None:
+      teacher = trained[stage.teacher] = runner.final_variables(next(s for s in stages if s.name == stage.teacher))
+    if os.path.exists(result_path):
+      say(f"stage {stage.name}: finished earlier, skipping")
+      with open(result_path) as f:
+        rows.extend(json.load(f))
+      continue
+    variables = runner.train(stage, teacher)
+    if stage.method == TEACHER_METHOD:
+      trained[stage.name] = variables
+    stage_rows = []
+    for deg_name, deg in config.degradations.items():
+      if stage.method == TEACHER_METHOD and deg.a == stage.view_a or stage.name.startswith(f"{deg_name}/"):
+        acc = runner.evaluate(stage, variables, deg.b)
+        stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
+                           "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"]})
+    _write_json_atomic(result_path, stage_rows)
+    rows.extend(stage_rows)
+  results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)
+  return rows

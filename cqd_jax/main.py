@@ -1,0 +1,78 @@
+"""Command line: `python -m cqd_jax.main --config=configs/demo.py --workdir=/tmp/cqd`.
+
+Trains every stage the config describes (resuming those already started in the workdir), prints the
+results table and writes it to the workdir. Errors in the config, the data or the workdir are reported as
+one line naming the culprit; `--verbose` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cqd_jax import checkpoint
+from cqd_jax import config_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, logs and results.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
+                                         "Resume a workdir even though result-changing config keys differ.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, config_lib.ConfigError,
+               checkpoint.CheckpointError)
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates the workdir and checks that it is writable, so a bad path fails before any training."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(f"--workdir {workdir} is not writable: {e.strerror or e}") from None
+  return workdir
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
+  try:
+    config = _CONFIG.value
+    config_lib.validate(config)
+    workdir = prepare_workdir(_WORKDIR.value)
+    config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value)
+    from cqd_jax import experiment  # Imported late: loads JAX and TFDS, which take a second or two.
+    rows = experiment.run(config, workdir)
+  except USER_ERRORS as e:
+    if _VERBOSE.value:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  from cqd_jax import results
+  print("\nTop-1 accuracy (%) on the test split:\n")
+  print(results.markdown(rows, list(config.degradations), list(config.methods)))
+  print(f"Tables: {os.path.join(workdir, 'results.md')} and results.csv; TensorBoard: {workdir}/tensorboard")
+  logging.info("results: %s", json.dumps(rows))
+
+
+def run() -> None:
+  """Entry point of the `cqd-jax` console script."""
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

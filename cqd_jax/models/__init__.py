@@ -1,0 +1,52 @@
+"""Image classifiers for teacher and student networks, built by name via `get_model`.
+
+Every model is a linen Module with fields `num_classes` and `dtype` (compute dtype), called as
+`model.apply(variables, images, train=bool)` on NHWC float32 RGB images in [0, 1]; it normalises
+internally and returns float32 logits [N, num_classes] from a final Dense named "head".
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+
+from cqd_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, count_params, normalize_images
+from cqd_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
+from cqd_jax.models.small_cnn import SmallCNN
+from cqd_jax.models.vgg_m import VGGM
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "vgg_m": VGGM,
+    "resnet18": ResNet18,
+    "resnet50": ResNet50,
+}
+
+
+def model_options(name: str) -> tuple[str, ...]:
+  """Keyword arguments `get_model(name, ...)` accepts besides `num_classes`."""
+  ctor, fixed = MODELS[name], set()
+  while isinstance(ctor, functools.partial):
+    fixed |= set(ctor.keywords)
+    ctor = ctor.func
+  excluded = fixed | {"parent", "name", "num_classes"}
+  return tuple(f.name for f in dataclasses.fields(ctor) if f.init and f.name not in excluded)
+
+
+def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """Builds the registered model `name`; unknown names or options raise ValueError / TypeError."""
+  if name not in MODELS:
+    raise ValueError(f"Unknown model {name!r}; known models: {', '.join(sorted(MODELS))}.")
+  allowed = model_options(name)
+  unknown = sorted(set(kwargs) - set(allowed))
+  if unknown:
+    raise TypeError(f"Model {name!r} got unknown option(s) {unknown}; allowed: {list(allowed)}.")
+  return MODELS[name](num_classes=num_classes, **kwargs)
+
+
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "ResNet", "ResNet18",
+    "ResNet50", "SmallCNN", "VGGM", "count_params", "get_model", "model_options",
+    "normalize_images",
+]

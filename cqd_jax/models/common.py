@@ -1,0 +1,37 @@
+"""Pieces shared by all classifiers: fixed input normalisation, BatchNorm settings, parameter counting."""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+Dtype = Any
+
+# ImageNet channel statistics (torchvision convention); inputs are RGB in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_images(x: jax.Array, dtype: Dtype) -> jax.Array:
+  """Standardises NHWC RGB images in [0, 1] with the fixed ImageNet mean/std and casts to `dtype`."""
+  if x.ndim != 4 or x.shape[-1] != len(IMAGENET_MEAN):
+    raise ValueError(f"Expected NHWC RGB images with 3 channels, got shape {x.shape}.")
+  x = jnp.asarray(x, jnp.float32)
+  x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+  return x.astype(dtype)
+
+
+def batch_norm(train: bool, dtype: Dtype) -> ModuleDef:
+  """BatchNorm factory with the library-wide settings (momentum 0.9, eps 1e-5, "batch_stats" collection)."""
+  return functools.partial(
+      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+
+
+def count_params(variables: Any) -> int:
+  """Number of trainable scalars: the "params" collection if present (buffers such as batch_stats excluded)."""
+  if isinstance(variables, dict) and "params" in variables:
+    variables = variables["params"]
+  return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(variables))

@@ -1,0 +1,206 @@
+"""The fused train step and evaluation.
+
+One jit-compiled step takes a batch of stored (high-quality) images, augments them, builds the paired views
+x = view_a(image) and z = view_b(image) on device, runs the frozen teacher on x (no gradient) and the student
+forward/backward on its input, and applies the optax update: degradation, teacher logits and the
+distillation loss are one XLA program. The batch is sharded over a 1-D device mesh ("data"), parameters are
+replicated, so the same code runs data-parallel on any number of local devices.
+"""
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from clu import metrics as clu_metrics
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cqd_jax import losses
+from cqd_jax.methods import Method
+
+View = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+Variables = Mapping[str, Any]
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics."""
+
+  batch_stats: Any
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    return {"params": self.params, "batch_stats": self.batch_stats}
+
+
+# ----------------------------------------------------------------------------------------------- optimizer
+
+SCHEDULES: dict[str, Callable[..., optax.Schedule]] = {
+    # The paper: lr 1e-3 changing linearly to 5e-5 over training.
+    "linear": lambda base_lr, end_lr, num_steps, warmup_steps: optax.join_schedules(
+        [optax.linear_schedule(0.0, base_lr, warmup_steps),
+         optax.linear_schedule(base_lr, end_lr, max(num_steps - warmup_steps, 1))], [warmup_steps]),
+    "cosine": lambda base_lr, end_lr, num_steps, warmup_steps: optax.warmup_cosine_decay_schedule(
+        0.0, base_lr, warmup_steps, max(num_steps, warmup_steps + 1), end_lr),
+    "constant": lambda base_lr, end_lr, num_steps, warmup_steps: optax.constant_schedule(base_lr),
+}
+
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sgd": lambda lr, momentum, nesterov: optax.sgd(lr, momentum=momentum, nesterov=nesterov),
+    "adam": lambda lr, momentum, nesterov: optax.adam(lr, b1=momentum),
+}
+
+
+def _registry_get(registry: Mapping[str, Any], name: str, key: str) -> Any:
+  if name not in registry:
+    raise ValueError(f"config key {key}={name!r} is not known; choose one of {sorted(registry)}")
+  return registry[name]
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> tuple[optax.GradientTransformation,
+                                                                           optax.Schedule]:
+  """SGD/Adam with decoupled weight decay on kernels and a named learning-rate schedule (config.optimizer)."""
+  schedule = _registry_get(SCHEDULES, opt.schedule, "optimizer.schedule")(
+      opt.lr, opt.end_lr, num_steps, opt.warmup_steps)
+  base = _registry_get(OPTIMIZERS, opt.name, "optimizer.name")(schedule, opt.momentum, opt.nesterov)
+  kernels_only = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=kernels_only), base), schedule
+
+
+def create_train_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.GradientTransformation,
+                       variables: Variables | None = None) -> TrainState:
+  """Initialises the model, or starts from a copy of `variables` (the step donates its state's buffers)."""
+  if variables is None:
+    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+  else:
+    variables = jax.tree.map(jnp.copy, variables)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+
+
+# ------------------------------------------------------------------------------------------------- augment
+
+def to_float(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] -> float32 [0, 1]."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def random_flip(images: jax.Array, boxes: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Horizontal flip of each example with probability 1/2; boxes (ymin, xmin, ymax, xmax) follow."""
+  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
+  images = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+  flipped = jnp.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=-1)
+  return images, jnp.where(flip[:, None], flipped, boxes)
+
+
+# ---------------------------------------------------------------------------------------------- train step
+
+def train_step(state: TrainState, teacher_variables: Variables | None, batch: Mapping[str, jax.Array],
+               rng: jax.Array, *, method: Method, view_a: View, view_b: View,
+               teacher_apply: Callable[..., jax.Array] | None, distill: ml_collections.ConfigDict,
+               flip: bool) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of `method`: views, teacher forward, student forward/backward and update, fused."""
+  rng = jax.random.fold_in(rng, state.step)
+  k_flip, k_a, k_b, k_mix = jax.random.split(rng, 4)
+  images, boxes = to_float(batch["image"]), batch["bbox"]
+  if flip:
+    images, boxes = random_flip(images, boxes, k_flip)
+  x = view_a(images, boxes, k_a)[0] if method.student_input in ("a", "ab") or method.distill else None
+  z = view_b(images, boxes, k_b)[0] if method.student_input in ("b", "ab") else None
+  if method.student_input == "ab":
+    pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
+    inputs = jnp.where(pick_a, x, z)
+  else:
+    inputs = x if method.student_input == "a" else z
+  teacher_logits = None
+  if method.distill:
+    teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, x, train=False))
+  labels = batch["label"]
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
+                                     mutable=["batch_stats"])
+    ce = losses.cross_entropy(logits, labels).mean()
+    aux = {"ce": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    loss = ce
+    if method.distill:
+      distill_loss = losses.get_distill_loss(distill.loss)(
+          logits, teacher_logits, temperature=distill.temperature, t2_scale=distill.t2_scale).mean()
+      loss = ce + distill.weight * distill_loss
+      aux["distill"] = distill_loss
+      aux["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
+    return loss, (aux, updates["batch_stats"])
+
+  (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+  return state, metrics
+
+
+# -------------------------------------------------------------------------------------------------- eval
+
+def _correct(logits: jax.Array, labels: jax.Array, **_) -> jax.Array:
+  return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+  """Top-1 accuracy of one model on both views of the same test images."""
+
+  accuracy_a: clu_metrics.Average.from_fun(lambda logits_a, labels, **_: _correct(logits_a, labels))
+  accuracy_b: clu_metrics.Average.from_fun(lambda logits_b, labels, **_: _correct(logits_b, labels))
+
+
+def eval_step(variables: Variables, batch: Mapping[str, jax.Array], rng: jax.Array, *, apply_fn: Callable,
+              view_a: View, view_b: View) -> EvalMetrics:
+  """Accuracy on A and on B for one padded batch (`mask` marks real examples)."""
+  images, boxes = to_float(batch["image"]), batch["bbox"]
+  k_a, k_b = jax.random.split(rng)
+  logits_a = apply_fn(variables, view_a(images, boxes, k_a)[0], train=False)
+  logits_b = apply_fn(variables, view_b(images, boxes, k_b)[0], train=False)
+  return EvalMetrics.single_from_model_output(logits_a=logits_a, logits_b=logits_b, labels=batch["label"],
+                                              mask=batch["mask"])
+
+
+# ------------------------------------------------------------------------------------------------ devices
+
+def data_mesh() -> Mesh:
+  """A 1-D mesh over all devices; the batch is split along its axis "data"."""
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def check_batch_size(batch_size: int, key: str = "batch_size") -> None:
+  """The global batch must split evenly over devices (and hosts)."""
+  n = jax.device_count()
+  if batch_size <= 0 or batch_size % n:
+    raise ValueError(f"config key {key}={batch_size} must be a positive multiple of the device count ({n})")
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Places this host's part of the batch on its devices as one global array per key."""
+  sharding = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Copies a pytree (parameters, optimizer state) to every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def jit_train_step(mesh: Mesh, **static) -> Callable:
+  """Compiles `train_step` for `mesh`, donating the old state's buffers."""
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(train_step, **static), donate_argnums=(0,),
+                 in_shardings=(replicated, replicated, data, replicated), out_shardings=(replicated, replicated))
+
+
+def jit_eval_step(mesh: Mesh, **static) -> Callable:
+  """Compiles `eval_step` for `mesh`."""
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(eval_step, **static), in_shardings=(replicated, data, replicated),
+                 out_shardings=replicated)

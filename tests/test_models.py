@@ -1,0 +1,220 @@
+"""Tests for cqd_jax.models: registry, shapes/dtypes, BatchNorm and dropout semantics, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cqd_jax.models import MODELS, count_params, get_model, model_options, normalize_images
+
+NUM_CLASSES = 5
+# Input width of the "head" Dense for each registered model (default options).
+HEAD_FEATURES = {"small_cnn": 256, "vgg_m": 4096, "resnet18": 512, "resnet50": 2048}
+
+
+def _images(seed: int, n: int, h: int = 32, w: int = 32) -> jax.Array:
+  return jax.random.uniform(jax.random.key(seed), (n, h, w, 3), jnp.float32)
+
+
+def _init(model, x):
+  return model.init(jax.random.key(0), x, train=False)
+
+
+def _param_shapes(model, h: int = 32) -> dict:
+  variables = jax.eval_shape(lambda: _init(model, jnp.zeros((1, h, h, 3))))
+  return jax.tree_util.tree_map(lambda a: a.shape, variables)
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def built(request):
+  name = request.param
+  model = get_model(name, NUM_CLASSES)
+  return name, model, _init(model, _images(0, 1))
+
+
+def test_registry_contents():
+  assert set(MODELS) == {"small_cnn", "vgg_m", "resnet18", "resnet50"}
+  assert set(HEAD_FEATURES) == set(MODELS)
+
+
+def test_forward_shape_dtype_finite_and_head(built):
+  name, model, variables = built
+  x = _images(1, 2)
+  assert set(variables) == {"params", "batch_stats"}
+  for train in (False, True):
+    out, _ = model.apply(variables, x, train=train, mutable=["batch_stats"])
+    assert out.shape == (2, NUM_CLASSES)
+    assert out.dtype == jnp.float32
+    assert np.all(np.isfinite(out))
+  assert variables["params"]["head"]["kernel"].shape == (HEAD_FEATURES[name], NUM_CLASSES)
+  assert variables["params"]["head"]["bias"].shape == (NUM_CLASSES,)
+
+
+def test_batchnorm_train_vs_eval(built):
+  _, model, variables = built
+  a, b, c = _images(2, 1), _images(3, 1), _images(4, 1)
+  ab, ac = jnp.concatenate([a, b]), jnp.concatenate([a, c])
+
+  out_ab, updates = model.apply(variables, ab, train=True, mutable=["batch_stats"])
+  out_ac, _ = model.apply(variables, ac, train=True, mutable=["batch_stats"])
+  old, new = variables["batch_stats"], updates["batch_stats"]
+  assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(new)
+  changed = jax.tree_util.tree_map(lambda o, n: bool(jnp.any(o != n)), old, new)
+  assert all(jax.tree_util.tree_leaves(changed)), "every BatchNorm must update its running stats"
+  # Train mode normalises with batch statistics: example a's logits depend on its batch-mates.
+  assert not np.allclose(out_ab[0], out_ac[0], atol=1e-5)
+
+  # Eval mode uses running statistics (here the updated ones): examples are independent.
+  trained = {"params": variables["params"], "batch_stats": new}
+  eval_ab = model.apply(trained, ab, train=False)
+  eval_ac = model.apply(trained, ac, train=False)
+  eval_a = model.apply(trained, a, train=False)
+  np.testing.assert_allclose(eval_ab[0], eval_ac[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(eval_ab[0], eval_a[0], rtol=1e-4, atol=1e-4)
+  assert not np.allclose(eval_ab[1], eval_ac[1], atol=1e-5)
+
+
+def test_eval_does_not_need_mutable_or_rng(built):
+  _, model, variables = built
+  out = model.apply(variables, _images(5, 2), train=False)
+  assert out.shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("resnet18", 11_689_512),  # torchvision.models.resnet18().parameters()
+    ("resnet50", 25_557_032),  # torchvision.models.resnet50().parameters()
+    # Analytic: convs (no bias) + BN scale/bias + dense layers with bias.
+    ("vgg_m", 7 * 7 * 3 * 96 + 5 * 5 * 96 * 256 + 9 * 256 * 512 + 2 * 9 * 512 * 512
+     + 2 * (96 + 256 + 3 * 512) + (512 + 1) * 4096 + (4096 + 1) * 4096 + (4096 + 1) * 1000),
+    ("small_cnn", 9 * (3 * 32 + 32 * 64 + 64 * 128 + 128 * 256) + 2 * (32 + 64 + 128 + 256)
+     + (256 + 1) * 1000),
+])
+def test_param_counts_1000_classes(name, expected):
+  variables = jax.eval_shape(lambda: _init(get_model(name, 1000), jnp.zeros((1, 224, 224, 3))))
+  assert count_params(variables) == expected
+  assert count_params(variables["params"]) == expected  # batch_stats are not parameters
+
+
+def test_resnet_torchvision_names():
+  shapes = _param_shapes(get_model("resnet50", 1000))
+  params, stats = shapes["params"], shapes["batch_stats"]
+  assert set(params) == {"conv1", "bn1", "head"} | {
+      f"layer{s}_{b}" for s, n in enumerate((3, 4, 6, 3), start=1) for b in range(n)}
+  assert params["conv1"]["kernel"] == (7, 7, 3, 64)
+  assert set(params["layer1_0"]) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3",
+                                     "downsample_conv", "downsample_bn"}
+  assert "downsample_conv" not in params["layer1_1"]
+  assert params["layer2_0"]["conv2"]["kernel"] == (3, 3, 128, 128)  # v1.5: stride on the 3x3
+  assert params["layer4_2"]["bn3"]["scale"] == (2048,)
+  assert set(stats["layer3_0"]["downsample_bn"]) == {"mean", "var"}
+
+  basic = _param_shapes(get_model("resnet18", 1000))["params"]
+  assert set(basic["layer1_0"]) == {"conv1", "bn1", "conv2", "bn2"}
+  assert set(basic["layer2_0"]) == {"conv1", "bn1", "conv2", "bn2", "downsample_conv",
+                                    "downsample_bn"}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_only_head_depends_on_num_classes(name):
+  a = _param_shapes(get_model(name, 3))["params"]
+  b = _param_shapes(get_model(name, 7))["params"]
+  assert a.pop("head") != b.pop("head")
+  assert a == b
+
+
+@pytest.mark.parametrize("name, block_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
+def test_zero_init_residual(name, block_bn):
+  x = jnp.zeros((1, 32, 32, 3))
+  params = _init(get_model(name, NUM_CLASSES, zero_init_residual=True), x)["params"]
+  blocks = [k for k in params if k.startswith("layer")]
+  assert blocks and all(np.all(params[k][block_bn]["scale"] == 0) for k in blocks)
+  assert all(np.all(params[k]["bn1"]["scale"] == 1) for k in blocks)
+  default = _init(get_model(name, NUM_CLASSES), x)["params"]
+  assert np.all(default["layer1_0"][block_bn]["scale"] == 1)
+
+
+def test_any_input_size_from_32(built):
+  # Variables built at 32x32 apply unchanged to other sizes: global pooling, no fixed-size flatten.
+  _, model, variables = built
+  for hw in ((33, 47), (64, 64)):
+    out = model.apply(variables, _images(6, 1, *hw), train=False)
+    assert out.shape == (1, NUM_CLASSES) and np.all(np.isfinite(out))
+
+
+def test_jit_matches_eager(built):
+  name, model, variables = built
+  if name == "resnet50":
+    pytest.skip("same code path as resnet18; saves a slow CPU compile")
+  # Batch 4: train-mode BN over only 2 values per channel (1x1 maps in resnet18's layer4 at 32 px)
+  # is ill-conditioned and amplifies harmless float reordering between jit and eager.
+  x = _images(7, 4)
+  for train in (False, True):
+    fn = lambda v, x, train=train: model.apply(v, x, train=train, mutable=["batch_stats"])
+    eager_out, eager_stats = fn(variables, x)
+    jit_out, jit_stats = jax.jit(fn)(variables, x)
+    np.testing.assert_allclose(jit_out, eager_out, rtol=1e-4, atol=1e-4)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), jit_stats, eager_stats)
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "vgg_m"])
+def test_dropout(name):
+  x = _images(8, 2)
+  model = get_model(name, NUM_CLASSES)
+  variables = _init(model, x)
+  # Default rate 0: training needs no dropout rng.
+  model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+  model = get_model(name, NUM_CLASSES, dropout_rate=0.5)
+  with pytest.raises(Exception, match="dropout"):
+    model.apply(variables, x, train=True, mutable=["batch_stats"])
+  run = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
+                                 rngs={"dropout": jax.random.key(seed)})[0]
+  assert not np.allclose(run(1), run(2))
+  np.testing.assert_array_equal(run(1), run(1))
+  np.testing.assert_array_equal(model.apply(variables, x, train=False),
+                                get_model(name, NUM_CLASSES).apply(variables, x, train=False))
+
+
+def test_bfloat16_compute_returns_float32_logits():
+  model = get_model("small_cnn", NUM_CLASSES, dtype=jnp.bfloat16)
+  x = _images(9, 2)
+  variables = _init(model, x)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(variables))
+  out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert out.dtype == jnp.float32 and np.all(np.isfinite(out))
+  ref = get_model("small_cnn", NUM_CLASSES).apply(variables, x, train=False)
+  np.testing.assert_allclose(model.apply(variables, x, train=False), ref, rtol=0.1, atol=0.1)
+
+
+def test_normalization_is_internal_and_fixed():
+  mean_image = jnp.broadcast_to(jnp.asarray([0.485, 0.456, 0.406]), (1, 4, 4, 3))
+  np.testing.assert_allclose(normalize_images(mean_image, jnp.float32), 0.0, atol=1e-6)
+  ones = normalize_images(jnp.ones((1, 4, 4, 3)), jnp.float32)
+  np.testing.assert_allclose(ones[0, 0, 0], [(1 - 0.485) / 0.229, (1 - 0.456) / 0.224,
+                                             (1 - 0.406) / 0.225], rtol=1e-6)
+  model = get_model("small_cnn", NUM_CLASSES)
+  with pytest.raises(ValueError, match="3 channels"):
+    _init(model, jnp.zeros((1, 32, 32, 1)))
+
+
+def test_get_model_errors():
+  with pytest.raises(ValueError, match="no_such_net") as err:
+    get_model("no_such_net", 10)
+  for known in MODELS:
+    assert known in str(err.value)
+  with pytest.raises(TypeError, match=r"resnet18.*'widths'"):
+    get_model("resnet18", 10, widths=(8, 16))
+  with pytest.raises(TypeError, match=r"small_cnn.*'bogus'"):
+    get_model("small_cnn", 10, bogus=1)
+  with pytest.raises(TypeError, match="stage_sizes"):  # fixed by the registry entry
+    get_model("resnet50", 10, stage_sizes=(1, 1, 1, 1))
+
+
+def test_model_options_and_kwargs_are_applied():
+  assert set(model_options("small_cnn")) == {"widths", "dropout_rate", "dtype"}
+  assert set(model_options("resnet18")) == {"zero_init_residual", "dtype"}
+  model = get_model("small_cnn", 4, widths=(8, 16))
+  params = _param_shapes(model)["params"]
+  assert set(params) == {"conv1", "bn1", "conv2", "bn2", "head"}
+  assert params["head"]["kernel"] == (16, 4)
