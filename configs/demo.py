@@ -40,7 +40,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.dataset.data_dir = ""  # empty: <workdir>/data
   config.dataset.manual_dir = ""
   config.dataset.worker_count = 0  # grain worker processes; 0 reads in the main process (enough here)
-  config.dataset.options = dict(num_classes=20, image_size=64, train_per_class=40, validation_per_class=10,
+  config.dataset.options = dict(num_classes=20, image_size=64, train_per_class=20, validation_per_class=10,
                                 test_per_class=40, seed=0)
   config.eval_split = "test"
 
@@ -59,7 +59,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.optimizer = dict(name="sgd", lr=0.05, end_lr=0.0025, schedule="linear", warmup_steps=20,
                           momentum=0.9, nesterov=False, weight_decay=5e-4)
   config.batch_size = 64
-  config.num_steps = 300  # per stage
+  config.num_steps = 500  # per stage
   config.eval_batch_size = 200
 
   config.log_every = 50

@@ -179,7 +179,9 @@ class Runner:
         writer.write_scalars(step + 1, scalars)
         bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
                         ips=f"{scalars['img_per_s']:.0f}")
-      checkpoint.save(manager, step + 1, jax.device_get(state), data_iter, force=step + 1 == config.num_steps)
+      last = step + 1 == config.num_steps
+      if last or manager.should_save(step + 1):
+        checkpoint.save(manager, step + 1, jax.device_get(state), data_iter, force=last)
     bar.close()
     if start < config.num_steps:
       elapsed = time.time() - t0
@@ -212,14 +214,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   rows = []
   for stage in stages:
     result_path = os.path.join(runner.stage_dir(stage), "result.json")
-    teacher = trained.get(stage.teacher) if stage.teacher else None
-    if stage.teacher and teacher is None:
-      teacher = trained[stage.teacher] = runner.final_variables(next(s for s in stages if s.name == stage.teacher))
     if os.path.exists(result_path):
       say(f"stage {stage.name}: finished earlier, skipping")
       with open(result_path) as f:
         rows.extend(json.load(f))
       continue
+    teacher = None
+    if stage.teacher:
+      if stage.teacher not in trained:
+        trained[stage.teacher] = runner.final_variables(next(s for s in stages if s.name == stage.teacher))
+      teacher = trained[stage.teacher]
     variables = runner.train(stage, teacher)
     if stage.method == TEACHER_METHOD:
       trained[stage.name] = variables

@@ -28,8 +28,39 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, config_lib.ConfigError,
-               checkpoint.CheckpointError)
+USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoint.CheckpointError)
+
+
+def _one_line(e: BaseException) -> str:
+  """An error message on one line (ml_collections' messages span several)."""
+  return " ".join(str(e).split())
+
+
+def _flag_error(e: BaseException, argv: list[str]) -> str:
+  """One line naming the flag for an error raised while parsing flags (some embed a config's traceback)."""
+  if isinstance(e, (AttributeError, KeyError)):  # ml_collections: an override names a key the config lacks
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    first, *hint = str(e.args[0] if e.args else e).splitlines()
+    key = first.strip("'\"")
+    paths = [a[2:].split("=")[0] for a in argv if a.startswith("--config.")]
+    path = next((p for p in paths if key in p.split(".")), "config")
+    return " ".join([f"--{path}: the config has no key {key!r}", *hint])
+  lines = [l.strip() for l in str(e).splitlines() if l.strip() and not l.strip().startswith("Pass --help")]
+  if any(l.startswith("Traceback") for l in lines):  # the config file raised: keep its exception's line
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+  return " ".join(lines)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with errors as one `error: ...` line (the traceback with --verbose)."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, OSError) as e:
+    if any(a.split("=")[0] in ("--verbose", "-verbose") for a in argv[1:]):
+      raise
+    print(f"error: {_flag_error(e, argv)}", file=sys.stderr)
+    sys.exit(1)
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -60,8 +91,12 @@ def main(argv: list[str]) -> None:
   except USER_ERRORS as e:
     if _VERBOSE.value:
       raise
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    print(f"error: {_one_line(e)}", file=sys.stderr)
+    # Exit at once: after a failed Orbax restore, TensorStore reads still in flight call back into a closed
+    # asyncio loop during interpreter shutdown and print "Event loop is closed" tracebacks.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
   from cqd_jax import results
   print("\nTop-1 accuracy (%) on the test split:\n")
   print(results.markdown(rows, list(config.degradations), list(config.methods)))
@@ -71,7 +106,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
   """Entry point of the `cqd-jax` console script."""
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

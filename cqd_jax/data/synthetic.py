@@ -29,6 +29,10 @@ _LAYOUTS = (
 _DETAILS = (0.0, 45.0, 90.0, 135.0)
 _DETAIL_NAMES = ("horizontal", "rising", "vertical", "falling")
 _LAYOUT_NAMES = ("red-black", "red-white", "blue-yellow", "blue-black", "green-red")
+# Per-example spread of the stripe angle (degrees) and of colours: neighbouring classes overlap a little, as
+# visually close species do, so even the high-quality view has some ambiguity a teacher can express.
+_DETAIL_JITTER_DEG = 12.0
+_COLOUR_JITTER = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,7 @@ def make_example(spec: SyntheticSpec, split: str, index: int) -> dict[str, np.nd
   label = index % spec.num_classes
   body, head, wing, head_left = (np.asarray(v) if not isinstance(v, bool) else v
                                  for v in _LAYOUTS[label // len(_DETAILS)])
-  theta = np.deg2rad(_DETAILS[label % len(_DETAILS)] + rng.normal(0, 6))
+  theta = np.deg2rad(_DETAILS[label % len(_DETAILS)] + rng.normal(0, _DETAIL_JITTER_DEG))
   s = spec.image_size
   yy, xx = np.mgrid[0:s, 0:s].astype(np.float64) + 0.5
   img = _background(rng, s, yy, xx)
@@ -104,7 +108,7 @@ def make_example(spec: SyntheticSpec, split: str, index: int) -> dict[str, np.nd
   a, b = size / 2, size * rng.uniform(0.30, 0.38)
   cy = rng.uniform(b + 0.1 * size, s - b - 0.1 * size)
   cx = rng.uniform(a + 0.12 * size, s - a - 0.12 * size)
-  jitter = lambda c: np.clip(np.asarray(c) + rng.normal(0, 0.05, 3), 0, 1)
+  jitter = lambda c: np.clip(np.asarray(c) + rng.normal(0, _COLOUR_JITTER, 3), 0, 1)
   body_m = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 < 1
   hx = cx + (-1 if head_left else 1) * a * 0.95
   hy = cy - b * 0.6

@@ -1,0 +1,311 @@
+"""Tests for cqd_jax.train: the fused jitted train step for every method, teacher handling, augmentation,
+optimizer/schedule, masked evaluation, batch-size checks and multi-device (data-parallel) equality."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import helpers
+from cqd_jax import degrade, methods, train
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = helpers.tiny_model()
+  view_a, view_b = helpers.views()
+  teacher = helpers.init_variables(model, seed=100)
+  batch = train.shard_batch(helpers.tiny_batch(BATCH, seed=1), train.data_mesh())
+  return dict(model=model, view_a=view_a, view_b=view_b, teacher=teacher, batch=batch, mesh=train.data_mesh())
+
+
+def _state(setup, method: methods.Method, seed: int = 0) -> train.TrainState:
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  init = setup["teacher"] if method.init_from_teacher else None
+  return train.create_train_state(setup["model"], jax.random.key(seed), helpers.IMAGE_SIZE, tx, init)
+
+
+def _step_fn(setup, method: methods.Method, distill=None):
+  """The jitted step, shared between tests (each compile costs seconds on a busy CPU)."""
+  distill = distill or helpers.distill_config()
+  key = (method, tuple(sorted(distill.items())))
+  cache = setup.setdefault("step_fns", {})
+  if key not in cache:
+    cache[key] = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"],
+                                      view_b=setup["view_b"],
+                                      teacher_apply=setup["model"].apply if method.distill else None,
+                                      distill=distill, flip=True)
+  return cache[key]
+
+
+def _run_step(setup, name: str, distill=None, seed: int = 0):
+  """One step of method `name` from a fresh state; returns (initial variables (numpy), new state, metrics)."""
+  method = methods.get_method(name)
+  state = _state(setup, method, seed)
+  before = helpers.flatten(jax.device_get(state.variables))
+  teacher = setup["teacher"] if method.distill else None
+  new_state, metrics = _step_fn(setup, method, distill)(state, teacher, setup["batch"], jax.random.key(3))
+  return before, new_state, metrics
+
+
+def _max_abs_diff(a: dict, b: dict) -> float:
+  assert a.keys() == b.keys()
+  return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------- train step
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_train_step_every_method(setup, name):
+  before_variables, state, metrics = _run_step(setup, name)
+  before = {k: v for k, v in before_variables.items() if k.startswith("['params']")}
+  before = {k[len("['params']"):]: v for k, v in before.items()}
+  assert int(state.step) == 1
+  assert np.isfinite(float(metrics["loss"]))
+  assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+  after = helpers.flatten(jax.device_get(state.params))
+  assert _max_abs_diff(before, after) > 1e-6, "parameters did not change"
+  method = methods.METHODS[name]
+  if method.distill:
+    assert "distill" in metrics and np.isfinite(float(metrics["distill"]))
+    assert "teacher_agreement" in metrics
+    np.testing.assert_allclose(float(metrics["loss"]),
+                               float(metrics["ce"]) + helpers.distill_config().weight * float(metrics["distill"]),
+                               rtol=1e-5)
+  else:
+    assert "distill" not in metrics
+    np.testing.assert_allclose(float(metrics["loss"]), float(metrics["ce"]), rtol=1e-6)
+  if method.init_from_teacher:
+    # The student started from the teacher (so its first-step change is small compared with a fresh init).
+    teacher = helpers.flatten(setup["teacher"]["params"])
+    assert _max_abs_diff(before, teacher) == 0.0
+  # BatchNorm statistics were updated by the training-mode forward pass.
+  stats_before = {k: v for k, v in before_variables.items() if k.startswith("['batch_stats']")}
+  stats_after = helpers.flatten(jax.device_get({"batch_stats": state.batch_stats}))
+  assert stats_before and _max_abs_diff(stats_before, stats_after) > 1e-6
+
+
+def test_cqd_distill_term_is_additive(setup):
+  _, state_b, metrics_b = _run_step(setup, "train_b")
+  _, state_0, metrics_0 = _run_step(setup, "cqd", distill=helpers.distill_config(weight=0.0))
+  _, state_w, metrics_w = _run_step(setup, "cqd", distill=helpers.distill_config(weight=10.0))
+  # Same state, batch and rng: with weight 0 the cqd step is exactly the train_b step.
+  np.testing.assert_allclose(float(metrics_0["loss"]), float(metrics_b["loss"]), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(float(metrics_0["ce"]), float(metrics_b["ce"]), rtol=1e-6, atol=1e-7)
+  assert float(metrics_0["distill"]) > 0
+  params_b, params_0 = helpers.flatten(jax.device_get(state_b.params)), helpers.flatten(jax.device_get(state_0.params))
+  assert _max_abs_diff(params_b, params_0) < 1e-6
+  # With weight > 0 the distillation term changes loss and update.
+  np.testing.assert_allclose(float(metrics_w["ce"]), float(metrics_b["ce"]), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(float(metrics_w["loss"]), float(metrics_b["loss"]) + 10.0 * float(metrics_w["distill"]),
+                             rtol=1e-5)
+  assert float(metrics_w["loss"]) > float(metrics_b["loss"]) + 1e-3
+  assert _max_abs_diff(params_b, helpers.flatten(jax.device_get(state_w.params))) > 1e-6
+
+
+def test_teacher_gets_no_gradient_and_is_not_donated(setup):
+  """a_cqd: the student starts as a copy of the teacher; the step donates the student state only."""
+  method = methods.get_method("a_cqd")
+  mesh = setup["mesh"]
+  teacher = train.replicate(helpers.init_variables(setup["model"], seed=100), mesh)
+  teacher_before = helpers.flatten(jax.device_get(teacher))
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  state = train.replicate(
+      train.create_train_state(setup["model"], jax.random.key(0), helpers.IMAGE_SIZE, tx, teacher), mesh)
+  step = _step_fn(setup, method)
+  first = state
+  for _ in range(2):
+    state, metrics = step(state, teacher, setup["batch"], jax.random.key(3))
+  assert int(state.step) == 2
+  # The student state is donated (its old buffers are gone), so the teacher check below is meaningful: a
+  # student sharing the teacher's buffers would have had them deleted (or the call rejected).
+  assert all(leaf.is_deleted() for leaf in jax.tree.leaves(first.params))
+  leaves = jax.tree.leaves(teacher)
+  assert not any(leaf.is_deleted() for leaf in leaves), "the teacher's buffers were donated"
+  teacher_after = helpers.flatten(jax.device_get(teacher))
+  for k in teacher_before:
+    np.testing.assert_array_equal(teacher_after[k], teacher_before[k])
+  student = helpers.flatten(jax.device_get(state.variables))
+  assert _max_abs_diff(student, teacher_before) > 1e-6
+  assert np.isfinite(float(metrics["distill"]))
+
+
+# --------------------------------------------------------------------------------------------------- augment
+
+def test_random_flip_moves_boxes_with_images():
+  n = 32
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.uniform(size=(n, 8, 10, 3)), jnp.float32)
+  # Boxes in the left half: xmin in [0, 0.2], xmax in [0.25, 0.45].
+  xmin = rng.uniform(0.0, 0.2, n)
+  xmax = rng.uniform(0.25, 0.45, n)
+  boxes = np.stack([np.full(n, 0.1), xmin, np.full(n, 0.9), xmax], axis=1).astype(np.float32)
+  out_images, out_boxes = train.random_flip(images, jnp.asarray(boxes), jax.random.key(0))
+  out_images, out_boxes = np.asarray(out_images), np.asarray(out_boxes)
+  flipped = np.array([np.array_equal(out_images[i], np.asarray(images[i])[:, ::-1]) for i in range(n)])
+  unchanged = np.array([np.array_equal(out_images[i], np.asarray(images[i])) for i in range(n)])
+  assert np.all(flipped ^ unchanged)
+  assert 0 < flipped.sum() < n, "with 32 examples both outcomes should occur"
+  np.testing.assert_allclose(out_boxes[unchanged], boxes[unchanged])
+  # Flipped boxes are in the right half, mirrored: (ymin, 1 - xmax, ymax, 1 - xmin).
+  fb = out_boxes[flipped]
+  assert np.all(fb[:, 1] > 0.5) and np.all(fb[:, 3] > 0.5)
+  assert np.all(fb[:, 1] < fb[:, 3])
+  np.testing.assert_allclose(fb[:, 0], boxes[flipped, 0])
+  np.testing.assert_allclose(fb[:, 2], boxes[flipped, 2])
+  np.testing.assert_allclose(fb[:, 1], 1.0 - boxes[flipped, 3], rtol=1e-6)
+  np.testing.assert_allclose(fb[:, 3], 1.0 - boxes[flipped, 1], rtol=1e-6)
+
+
+def test_random_flip_then_crop_shows_the_same_object():
+  """The crop of a flipped image at its flipped box is the mirror of the original crop."""
+  n = 8
+  rng = np.random.default_rng(1)
+  images = jnp.asarray(rng.uniform(size=(n, 32, 32, 3)), jnp.float32)
+  boxes = jnp.asarray(np.tile([0.25, 0.0, 0.75, 0.5], (n, 1)), jnp.float32)
+  crop = degrade.make_view("crop", 16)
+  key = jax.random.key(5)
+  flipped_images, flipped_boxes = train.random_flip(images, boxes, key)
+  which = np.asarray(jax.random.bernoulli(key, 0.5, (n,)))  # the draw random_flip makes
+  crops = np.asarray(crop(images, boxes, key)[0])
+  flipped_crops = np.asarray(crop(flipped_images, flipped_boxes, key)[0])
+  assert 0 < which.sum() < n
+  np.testing.assert_allclose(flipped_crops[which], crops[which][:, :, ::-1], atol=1e-5)
+  np.testing.assert_allclose(flipped_crops[~which], crops[~which], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- optimizer
+
+def test_linear_schedule_warmup_then_linear_to_end_lr():
+  opt = helpers.optimizer_config(schedule="linear", lr=0.1, end_lr=0.01, warmup_steps=5, momentum=0.0,
+                                 weight_decay=0.0)
+  tx, schedule = train.make_optimizer(opt, num_steps=25)
+  np.testing.assert_allclose(schedule(0), 0.0, atol=1e-8)
+  np.testing.assert_allclose(schedule(5), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(schedule(15), 0.055, rtol=1e-5)
+  np.testing.assert_allclose(schedule(25), 0.01, rtol=1e-5)
+  np.testing.assert_allclose(schedule(100), 0.01, rtol=1e-5)
+  lrs = np.array([float(schedule(i)) for i in range(5, 26)])
+  assert np.all(np.diff(lrs) < 0)
+  # The optimizer applies it: plain SGD on a gradient of ones moves by -lr(step).
+  params = {"w": jnp.zeros((2, 2))}
+  opt_state = tx.init(params)
+  grads = {"w": jnp.ones((2, 2))}
+  for i in range(25):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    np.testing.assert_allclose(updates["w"], -float(schedule(i)), rtol=1e-5, atol=1e-8)
+
+
+def test_linear_schedule_without_warmup_starts_at_lr():
+  _, schedule = train.make_optimizer(helpers.optimizer_config(schedule="linear", lr=0.1, end_lr=0.01,
+                                                              warmup_steps=0), num_steps=10)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.1, 0.055, 0.01], rtol=1e-5)
+
+
+def test_weight_decay_only_on_kernels():
+  opt = helpers.optimizer_config(schedule="constant", lr=1.0, momentum=0.0, weight_decay=0.5)
+  tx, _ = train.make_optimizer(opt, num_steps=10)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.5)
+  np.testing.assert_allclose(updates["bias"], 0.0)
+
+
+@pytest.mark.parametrize("key,bad", [("name", "rmsprop_x"), ("schedule", "exponential_x")])
+def test_make_optimizer_unknown_name(key, bad):
+  with pytest.raises(ValueError, match=rf"optimizer\.{key}") as info:
+    train.make_optimizer(helpers.optimizer_config(**{key: bad}), 10)
+  assert bad in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------------ eval
+
+def test_eval_step_ignores_padded_examples():
+  k = 3
+  # A fake model that reads its logits off pixel (0, 0): the identity view keeps them (scaled by 1/255).
+  apply_fn = lambda variables, x, train: x[:, 0, 0, :k] * variables["scale"]
+  identity = degrade.make_view("identity", 4)
+  images = np.zeros((8, 4, 4, 3), np.uint8)
+  predictions = [0, 1, 2, 0, 1, 1, 1, 1]
+  for i, p in enumerate(predictions):
+    images[i, 0, 0, p] = 255
+  labels = np.array([0, 1, 2, 1, 0, 0, 0, 0], np.int32)  # real: 3 of 4 correct; padding: all wrong
+  mask = np.array([True] * 4 + [False] * 4)
+  batch = {"image": images, "label": labels, "bbox": np.tile(np.float32([0, 0, 1, 1]), (8, 1)), "mask": mask}
+  variables = {"scale": jnp.float32(1.0)}
+  m = train.eval_step(variables, batch, jax.random.key(0), apply_fn=apply_fn, view_a=identity, view_b=identity)
+  np.testing.assert_allclose(m.compute()["accuracy_a"], 0.75)
+  np.testing.assert_allclose(m.compute()["accuracy_b"], 0.75)
+  # Jitted over the mesh, and merged with a second batch whose padding is all correct.
+  eval_fn = train.jit_eval_step(train.data_mesh(), apply_fn=apply_fn, view_a=identity, view_b=identity)
+  batch2 = dict(batch, label=np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32),
+                mask=np.array([True, True, False, False, False, False, False, False]))  # real: 1 of 2
+  total = eval_fn(variables, train.shard_batch(batch, train.data_mesh()), jax.random.key(0))
+  total = total.merge(eval_fn(variables, train.shard_batch(batch2, train.data_mesh()), jax.random.key(1)))
+  np.testing.assert_allclose(total.compute()["accuracy_a"], 4 / 6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------- devices
+
+@pytest.mark.parametrize("bad", [0, -8])
+def test_check_batch_size_rejects_non_positive(bad):
+  with pytest.raises(ValueError, match="batch_size"):
+    train.check_batch_size(bad)
+  with pytest.raises(ValueError, match="eval_batch_size"):
+    train.check_batch_size(bad, "eval_batch_size")
+
+
+def test_check_batch_size_rejects_non_multiples(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  train.check_batch_size(8)
+  with pytest.raises(ValueError, match=r"eval_batch_size=6.*\(4\)"):
+    train.check_batch_size(6, "eval_batch_size")
+  with pytest.raises(ValueError, match="batch_size=2"):
+    train.check_batch_size(2)
+
+
+def test_multi_device_steps_equal_single_device(tmp_path):
+  """3 cqd steps on a batch of 8 sharded over 4 CPU devices give the single-device result.
+
+  BatchNorm statistics and gradients must be over the global batch (true data parallelism); anything
+  per-device (per-shard BN moments, un-averaged gradients) would differ by far more than the tolerance,
+  which only allows for a different floating-point reduction order: rtol 1e-5, atol 1e-6 (at least 100x
+  below the parameter change of the 3 steps, checked below).
+  """
+  procs = {}
+  for n in (4, 1):
+    out = tmp_path / f"dev{n}.npz"
+    procs[n] = (out, subprocess.Popen(
+        [sys.executable, os.path.join(helpers.REPO, "tests", "helpers.py"), f"--out={out}", "--method=cqd",
+         "--steps=3", f"--batch_size={BATCH}"],
+        cwd=helpers.REPO, env=helpers.subprocess_env(n), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True))
+  results = {}
+  for n, (out, proc) in procs.items():
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    results[n] = dict(np.load(out))
+  four, one = results[4], results[1]
+  assert int(four["device_count"]) == 4 and int(four["batch_sharding_devices"]) == 4
+  assert int(one["device_count"]) == 1
+  assert int(four["step"]) == int(one["step"]) == 3
+  keys = [k for k in one if k.startswith("variables")]
+  assert keys and sorted(keys) == sorted(k for k in four if k.startswith("variables"))
+  for i in range(3):
+    np.testing.assert_allclose(four[f"loss_{i}"], one[f"loss_{i}"], rtol=1e-5, atol=1e-6)
+  for k in keys:
+    np.testing.assert_allclose(four[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  # Not vacuous: the steps moved the parameters and BN statistics far more than the tolerance.
+  init = helpers.flatten(helpers.init_variables(helpers.tiny_model(), seed=0))
+  moved = max(float(np.max(np.abs(one[f"variables{k}"] - v))) for k, v in init.items())
+  assert moved > 1e-4
