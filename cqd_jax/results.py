@@ -35,8 +35,32 @@ def markdown(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence
   return "\n".join(out) + "\n"
 
 
+def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], path: str) -> None:
+  """Grouped bar chart of accuracy on B per degradation (plus train_a on A, the upper bound), as a PNG."""
+  import matplotlib  # Imported here: only needed when a run finishes.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  lines = table_rows(rows, degradations, methods)
+  fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(degradations), 3.2))
+  width = 0.8 / len(lines)
+  for i, (method, test, *cells) in enumerate(lines):
+    values = [float(c) if c != "-" else 0.0 for c in cells]
+    xs = [d + (i - (len(lines) - 1) / 2) * width for d in range(len(degradations))]
+    ax.bar(xs, values, width, label=f"{method} on {test}")
+  ax.set_xticks(range(len(degradations)), degradations)
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.set_ylim(0, 100)
+  ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  fig.tight_layout()
+  tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.png")
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
 def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str) -> str:
-  """Writes results.csv (one row per degradation and method) and results.md; returns the Markdown."""
+  """Writes results.csv (one row per degradation and method), results.md and results.png; returns the Markdown."""
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b"])
   writer.writeheader()
@@ -47,4 +71,5 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
     with open(tmp, "w") as f:
       f.write(text)
     os.replace(tmp, os.path.join(workdir, name))
+  plot(rows, degradations, methods, os.path.join(workdir, "results.png"))
   return md

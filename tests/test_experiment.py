@@ -45,4 +45,5 @@ def test_results_table_rows_and_files(tmp_path):
   assert (tmp_path / "results.md").read_text() == md
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
   assert csv_lines[0] == "degradation,method,stage,accuracy_a,accuracy_b" and len(csv_lines) == 3
+  assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]
