@@ -42,7 +42,7 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
   import matplotlib.pyplot as plt
 
   lines = table_rows(rows, degradations, methods)
-  fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(degradations), 3.2))
+  fig, ax = plt.subplots(figsize=(3.0 + 2.0 * len(degradations), 3.4))
   width = 0.8 / len(lines)
   for i, (method, test, *cells) in enumerate(lines):
     values = [float(c) if c != "-" else 0.0 for c in cells]
