@@ -147,7 +147,8 @@ class Runner:
                        "the same architecture (leave config.teacher_model empty)")
     state = self._template(stage, teacher if method.init_from_teacher else None)
     loader = input_pipeline.train_loader(self.data.builder, "train", batch_size=config.batch_size // jax.process_count(),
-                                         seed=config.seed, worker_count=config.dataset.worker_count)
+                                         seed=config.seed, image_size=config.dataset.storage_size or None,
+                                         worker_count=config.dataset.worker_count)
     data_iter = iter(loader)
     stage_dir = self.stage_dir(stage)
     manager = checkpoint.make_manager(os.path.join(stage_dir, "checkpoints"), save_every=config.checkpoint_every)
@@ -198,7 +199,8 @@ class Runner:
                                   view_a=_view(config, stage.view_a), view_b=_view(config, view_b))
     variables = train.replicate(variables, self.mesh)
     total = None
-    batches = input_pipeline.eval_batches(self.data.builder, config.eval_split, batch_size=config.eval_batch_size)
+    batches = input_pipeline.eval_batches(self.data.builder, config.eval_split, batch_size=config.eval_batch_size,
+                                          image_size=config.dataset.storage_size or None)
     for i, batch in enumerate(batches):
       m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i))
       total = m if total is None else total.merge(m)
