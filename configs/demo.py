@@ -54,8 +54,9 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.augment = dict(flip=True)
 
   config.methods = ("train_a", "train_b", "a_then_b", "cqd", "a_cqd", "mixture_ab")
-  config.model = dict(name="small_cnn", options=dict(widths=(32, 64, 128, 256)))
-  config.teacher_model = dict(name="", options={})  # empty name: same architecture as the student
+  # init_from: "" (random) or a weights file (.safetensors/.npz/.pth, see data_prep/convert_weights.py).
+  config.model = dict(name="small_cnn", options=dict(widths=(32, 64, 128, 256)), init_from="")
+  config.teacher_model = dict(name="", options={}, init_from="")  # empty name: same architecture as the student
 
   # L = CE(g(z), y) + weight * CE(softmax(f(x)/T), softmax(g(z)/T)), as in the paper (no T^2 factor).
   config.distill = dict(loss="soft_ce", temperature=10.0, weight=50.0, t2_scale=False)

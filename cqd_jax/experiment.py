@@ -29,6 +29,7 @@ from cqd_jax import checkpoint
 from cqd_jax import degrade
 from cqd_jax import input_pipeline
 from cqd_jax import models
+from cqd_jax import pretrained
 from cqd_jax import results
 from cqd_jax import train
 from cqd_jax import writers
@@ -126,9 +127,14 @@ class Runner:
     return self.teacher_model if stage.method == TEACHER_METHOD else self.student
 
   def _template(self, stage: Stage, variables=None) -> train.TrainState:
+    """A fresh train state: from `variables`, else from config.<model>.init_from (random or a weights file)."""
     tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
     rng = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(stage.name))
-    return train.create_train_state(self._model_for(stage), rng, self.config.image_size, tx, variables)
+    model = self._model_for(stage)
+    if variables is None:
+      model_config = self.config.teacher_model if model is not self.student else self.config.model
+      variables = pretrained.init_variables(model, rng, self.config.image_size, model_config.get("init_from", ""))
+    return train.create_train_state(model, rng, self.config.image_size, tx, variables)
 
   def final_variables(self, stage: Stage) -> dict[str, Any]:
     """The trained model of a finished stage, read back from its last checkpoint."""

@@ -1,8 +1,10 @@
 r"""Builds a registered data set as array_record files (idempotent: a built data set is left as it is).
 
   python -m data_prep.build --dataset=cqd_synthetic --data_dir=/tmp/cqd_data --num_classes=20 --image_size=64
+  python -m data_prep.build --dataset=cub_paired --manual_dir=/data/cub --data_dir=/tmp/cqd_data
 
-Unset data-set options keep the data set's defaults.
+Unset data-set options keep the data set's defaults. cub_paired and cars_paired take no options; their
+manual_dir holds the official archives or their extracted folders (see cqd_jax/data/cub.py and cars.py).
 """
 
 from absl import app
@@ -12,7 +14,8 @@ from cqd_jax.data import registry
 
 _DATASET = flags.DEFINE_enum("dataset", "cqd_synthetic", sorted(registry.DATASETS), "Data set to build.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir to build into.", required=True)
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory of manually downloaded files, if needed.")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "cub_paired, cars_paired: directory of the manually "
+                                   "downloaded files; default <data_dir>/downloads/manual.")
 _OPTIONS = {
     "num_classes": flags.DEFINE_integer("num_classes", None, "cqd_synthetic: number of classes."),
     "image_size": flags.DEFINE_integer("image_size", None, "cqd_synthetic: image side in pixels."),

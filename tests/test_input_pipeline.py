@@ -225,7 +225,7 @@ def test_eval_batches_cover_split_once(builder, batch_size):
 
 
 def test_unknown_data_set():
-  with pytest.raises(ValueError, match="unknown data set 'nope'; known: cqd_synthetic"):
+  with pytest.raises(ValueError, match="unknown data set 'nope'; known: cars_paired, cqd_synthetic, cub_paired"):
     registry.get_builder("nope", "/tmp")
 
 

@@ -11,6 +11,8 @@ from typing import Callable
 
 import tensorflow_datasets as tfds
 
+from cqd_jax.data import cars
+from cqd_jax.data import cub
 from cqd_jax.data import synthetic
 from cqd_jax.data import synthetic_tfds
 
@@ -23,8 +25,20 @@ def _cqd_synthetic(data_dir: str, **spec_fields) -> tfds.core.DatasetBuilder:
   return synthetic_tfds.CqdSynthetic(data_dir=data_dir, config=synthetic_tfds.config_name(spec))
 
 
+def _cub_paired(data_dir: str) -> tfds.core.DatasetBuilder:
+  """CUB-200-2011 from manual_dir, any subset of its classes; no options (one subset per data_dir)."""
+  return cub.CubPaired(data_dir=data_dir)
+
+
+def _cars_paired(data_dir: str) -> tfds.core.DatasetBuilder:
+  """Stanford Cars from manual_dir, any subset of its classes; no options (one subset per data_dir)."""
+  return cars.CarsPaired(data_dir=data_dir)
+
+
 DATASETS: dict[str, BuilderFn] = {
     "cqd_synthetic": _cqd_synthetic,
+    "cub_paired": _cub_paired,
+    "cars_paired": _cars_paired,
 }
 
 
