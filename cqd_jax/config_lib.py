@@ -96,3 +96,36 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
   with open(tmp, "w") as f:
     json.dump(current, f, indent=2, sort_keys=True)
   os.replace(tmp, path)
+
+
+def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_collections.ConfigDict:
+  """The CQD paper's protocol (Su & Maji, Sec. 2) as a config to complete with degradations.
+
+  ImageNet-initialised network fine-tuned at 224 px; SGD, momentum 0.9, weight decay 5e-4, batch 128,
+  learning rate 1e-3 decaying linearly to 5e-5 over 30 epochs; distillation at T = 10 with weight lambda
+  (200 for CUB, 50 for Cars, tuned on validation) and no T^2 factor.
+  """
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = dict(name=dataset, data_dir="", manual_dir="", storage_size=256, worker_count=0, options={})
+  config.eval_split = "test"
+  config.image_size = 224
+  config.degradations = {}
+  # The paper's 224 -> 50 -> 224 px, and TPS noise of variance 4 px on a 14x14 grid.
+  config.degrade_params = {"lowres": {"low": 50}, "distort": {"grid": 14, "variance": 4.0}}
+  config.augment = dict(flip=True)
+  config.methods = ("train_a", "train_b", "a_then_b", "cqd", "a_cqd", "mixture_ab")
+  # The paper's vgg-m has no public JAX/PyTorch ImageNet weights; ResNet-50 from torchvision does. Set
+  # init_from to a converted file (data_prep/convert_weights.py); "" trains from scratch.
+  config.model = dict(name="resnet50", options={}, init_from="")
+  config.teacher_model = dict(name="", options={}, init_from="")
+  config.distill = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False)
+  config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
+                          nesterov=False, weight_decay=5e-4)
+  config.batch_size = 128
+  config.num_steps = 30 * train_images // 128  # 30 epochs
+  config.eval_batch_size = 128
+  config.log_every = 50
+  config.checkpoint_every = 500
+  config.progress_bar = True
+  return config

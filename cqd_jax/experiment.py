@@ -77,8 +77,9 @@ class Data:
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   """Builds the TFDS data set if needed (the demo data is generated in a few seconds)."""
-  data_dir = config.dataset.data_dir or os.path.join(workdir, "data")
-  builder = registry.prepare(config.dataset.name, data_dir, manual_dir=config.dataset.manual_dir or None,
+  data_dir = os.path.expanduser(config.dataset.data_dir) if config.dataset.data_dir else os.path.join(workdir, "data")
+  builder = registry.prepare(config.dataset.name, data_dir,
+                             manual_dir=os.path.expanduser(config.dataset.manual_dir) or None,
                              **config.dataset.options.to_dict())
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 
