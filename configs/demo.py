@@ -51,7 +51,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   # (variance 4 px at 224 px) moves points by 0.3 px at 32 px, invisible here, so the demo uses 4x the
   # variance (std 4 px at 224 px, 0.6 px at 32 px).
   config.degrade_params = {"lowres": {"low": 8}, "distort": {"grid": 14, "variance": 16.0}}
-  config.augment = dict(flip=True)
+  config.augment = dict(flip=True, crop_margin=0.0)  # crop_margin: random crops keeping the box (0 = off)
 
   config.methods = ("train_a", "train_b", "a_then_b", "cqd", "a_cqd", "mixture_ab")
   # init_from: "" (random) or a weights file (.safetensors/.npz/.pth, see data_prep/convert_weights.py).

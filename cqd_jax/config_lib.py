@@ -48,6 +48,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_number(config, "optimizer.warmup_steps", int, 0, strict=False)
   _check_number(config, "distill.temperature", float, 0, strict=True)
   _check_number(config, "distill.weight", float, 0, strict=False)
+  _check_number(config, "augment.crop_margin", float, 0, strict=False)
+  if config.augment.crop_margin >= 1:
+    raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
   losses.get_distill_loss(config.distill.loss)
   if not config.methods:
     raise ConfigError("config key methods is empty")
@@ -113,7 +116,8 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.degradations = {}
   # The paper's 224 -> 50 -> 224 px, and TPS noise of variance 4 px on a 14x14 grid.
   config.degrade_params = {"lowres": {"low": 50}, "distort": {"grid": 14, "variance": 4.0}}
-  config.augment = dict(flip=True)
+  # Random horizontal flips and random crops that cut up to 30% of the background beside the box.
+  config.augment = dict(flip=True, crop_margin=0.3)
   config.methods = ("train_a", "train_b", "a_then_b", "cqd", "a_cqd", "mixture_ab")
   # The paper's vgg-m has no public JAX/PyTorch ImageNet weights; ResNet-50 from torchvision does. Set
   # init_from to a converted file (data_prep/convert_weights.py); "" trains from scratch.

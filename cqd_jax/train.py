@@ -21,6 +21,7 @@ from clu import metrics as clu_metrics
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cqd_jax import degrade
 from cqd_jax import losses
 from cqd_jax.methods import Method
 
@@ -98,16 +99,33 @@ def random_flip(images: jax.Array, boxes: jax.Array, rng: jax.Array) -> tuple[ja
   return images, jnp.where(flip[:, None], flipped, boxes)
 
 
+def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: float) -> tuple[jax.Array, jax.Array]:
+  """Cuts a random part (up to `margin`) of each side's background outside the box, resized back.
+
+  The object box always stays inside the crop, so both paired views (the crop and the degraded image) are
+  made from the same augmented picture and the box stays right.
+  """
+  u = jax.random.uniform(rng, boxes.shape, minval=0.0, maxval=margin)
+  window = jnp.stack([u[:, 0] * boxes[:, 0], u[:, 1] * boxes[:, 1],
+                      1.0 - u[:, 2] * (1.0 - boxes[:, 2]), 1.0 - u[:, 3] * (1.0 - boxes[:, 3])], axis=-1)
+  images, _ = degrade.crop(images, window, rng, size=images.shape[1])
+  origin, extent = window[:, :2], window[:, 2:] - window[:, :2]
+  new_boxes = jnp.concatenate([(boxes[:, :2] - origin) / extent, (boxes[:, 2:] - origin) / extent], axis=-1)
+  return images, jnp.clip(new_boxes, 0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------- train step
 
 def train_step(state: TrainState, teacher_variables: Variables | None, batch: Mapping[str, jax.Array],
                rng: jax.Array, *, method: Method, view_a: View, view_b: View,
                teacher_apply: Callable[..., jax.Array] | None, distill: ml_collections.ConfigDict,
-               flip: bool) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of `method`: views, teacher forward, student forward/backward and update, fused."""
+               flip: bool, crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of `method`: augmentation, views, teacher forward, student forward/backward and update, fused."""
   rng = jax.random.fold_in(rng, state.step)
   k_flip, k_a, k_b, k_mix = jax.random.split(rng, 4)
   images, boxes = to_float(batch["image"]), batch["bbox"]
+  if crop_margin > 0:
+    images, boxes = random_crop(images, boxes, jax.random.fold_in(k_flip, 1), crop_margin)
   if flip:
     images, boxes = random_flip(images, boxes, k_flip)
   x = view_a(images, boxes, k_a)[0] if method.student_input in ("a", "ab") or method.distill else None

@@ -309,3 +309,32 @@ def test_multi_device_steps_equal_single_device(tmp_path):
   init = helpers.flatten(helpers.init_variables(helpers.tiny_model(), seed=0))
   moved = max(float(np.max(np.abs(one[f"variables{k}"] - v))) for k, v in init.items())
   assert moved > 1e-4
+
+
+def test_random_crop_keeps_the_box_on_the_object():
+  """A white square on black: after the random crop its pixels are exactly those inside the new box."""
+  n, s = 6, 48
+  images = np.zeros((n, s, s, 3), np.float32)
+  boxes = np.array([[0.25, 0.3, 0.6, 0.7]] * n, np.float32)
+  images[:, 12:29, 14:34] = 1.0  # rows 0.25..0.6, cols 0.3..0.7 of 48 px (rounded to whole pixels)
+  out, new = train.random_crop(jnp.asarray(images), jnp.asarray(boxes), jax.random.key(0), 0.5)
+  out, new = np.asarray(out), np.asarray(new)
+  assert out.shape == images.shape and np.all(new >= 0) and np.all(new <= 1)
+  assert not np.allclose(new, boxes)  # something was cut
+  area_before = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+  area_after = (new[:, 2] - new[:, 0]) * (new[:, 3] - new[:, 1])
+  assert np.all(area_after >= area_before - 1e-6)  # cropping can only enlarge the object
+  for img, b in zip(out, new):
+    y0, x0, y1, x1 = np.round(b * s).astype(int)
+    inside = img[y0 + 1:y1 - 1, x0 + 1:x1 - 1, 0]
+    outside = img[:, :, 0].copy()
+    outside[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = 0
+    assert inside.min() > 0.9 and outside.max() < 0.1
+
+
+def test_random_crop_with_zero_margin_is_the_identity():
+  images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))
+  boxes = jnp.array([[0.1, 0.2, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0]])
+  out, new = train.random_crop(images, boxes, jax.random.key(2), 0.0)
+  np.testing.assert_allclose(out, images, atol=1e-5)
+  np.testing.assert_allclose(new, boxes, atol=1e-6)
