@@ -127,20 +127,21 @@ class Runner:
   def _model_for(self, stage: Stage):
     return self.teacher_model if stage.method == TEACHER_METHOD else self.student
 
-  def _template(self, stage: Stage, variables=None) -> train.TrainState:
-    """A fresh train state: from `variables`, else from config.<model>.init_from (random or a weights file)."""
+  def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
+    """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from)."""
     tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
     rng = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(stage.name))
     model = self._model_for(stage)
     if variables is None:
       model_config = self.config.teacher_model if model is not self.student else self.config.model
-      variables = pretrained.init_variables(model, rng, self.config.image_size, model_config.get("init_from", ""))
+      init_from = model_config.get("init_from", "") if init_from is None else init_from
+      variables = pretrained.init_variables(model, rng, self.config.image_size, init_from)
     return train.create_train_state(model, rng, self.config.image_size, tx, variables)
 
   def final_variables(self, stage: Stage) -> dict[str, Any]:
     """The trained model of a finished stage, read back from its last checkpoint."""
     manager = checkpoint.make_manager(os.path.join(self.stage_dir(stage), "checkpoints"), save_every=1)
-    state = checkpoint.restore_latest(manager, self._template(stage))
+    state = checkpoint.restore_latest(manager, self._template(stage, init_from=""))  # only the tree shape
     manager.close()
     if state is None:
       raise checkpoint.CheckpointError(f"stage {stage.name} has no checkpoint in {self.stage_dir(stage)}")
