@@ -8,6 +8,7 @@ re-running resumes from the latest complete step. A later stage loads its teache
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import grain
@@ -44,6 +45,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: An
   items = {"state": ocp.args.StandardRestore(state)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  _silence_closed_loop_callbacks()
   try:
     return manager.restore(step, args=ocp.args.Composite(**items))["state"]
   except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
@@ -51,6 +53,28 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: An
         f"checkpoint {manager.directory}/{step} cannot be restored ({type(e).__name__}: {_first_line(e)}); "
         "it is corrupt or was written for another model/class count: delete it or use a fresh --workdir"
     ) from e
+
+
+def _silence_closed_loop_callbacks() -> None:
+  """When a restore fails, TensorStore reads still in flight call back into Orbax's closed asyncio loop and
+  each prints an 'Event loop is closed' traceback; drop exactly those so the real error stays readable."""
+  if getattr(sys.unraisablehook, "cqd_filtered", False):
+    return
+
+  def closed_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
+
+  previous_unraisable, previous_excepthook = sys.unraisablehook, sys.excepthook
+  def unraisable(u):
+    if not closed_loop(u.exc_value):
+      previous_unraisable(u)
+
+  def excepthook(t, v, tb):
+    if not closed_loop(v):
+      previous_excepthook(t, v, tb)
+
+  unraisable.cqd_filtered = True
+  sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def _first_line(e: Exception) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import ml_collections
 
+from cqd_jax import fileio
+
 # Keys that change how a run is shown or paced but not its results; they may differ on resume.
 COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "eval_batch_size")
 
@@ -95,10 +97,7 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
     if changed:
       raise ConfigError(f"{path} was written by a run with a different config; differing keys: "
                         f"{', '.join(changed)} (use another --workdir, or --allow_config_change)")
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  fileio.write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_collections.ConfigDict:

@@ -22,11 +22,11 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
 
 from cqd_jax import checkpoint
 from cqd_jax import degrade
+from cqd_jax import fileio
 from cqd_jax import input_pipeline
 from cqd_jax import models
 from cqd_jax import pretrained
@@ -34,7 +34,7 @@ from cqd_jax import results
 from cqd_jax import train
 from cqd_jax import writers
 from cqd_jax.data import registry
-from cqd_jax.methods import METHODS, TEACHER_METHOD, get_method
+from cqd_jax.methods import TEACHER_METHOD, get_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +100,6 @@ def say(message: str) -> None:
 def _stable_hash(text: str) -> int:
   """A per-stage seed offset that is the same in every process (unlike hash())."""
   return zlib.crc32(text.encode()) % 2**31
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
 
 
 class Runner:
@@ -243,7 +236,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
         acc = runner.evaluate(stage, variables, deg.b)
         stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
                            "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"]})
-    _write_json_atomic(result_path, stage_rows)
+    fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
     rows.extend(stage_rows)
   results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)
   return rows

@@ -7,6 +7,7 @@ import io
 import os
 from typing import Any, Sequence
 
+from cqd_jax import fileio
 from cqd_jax.methods import TEACHER_METHOD
 
 Row = dict[str, Any]
@@ -53,10 +54,9 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
   ax.set_ylim(0, 100)
   ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
-  tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp.png")
-  fig.savefig(tmp, dpi=120)
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str) -> str:
@@ -67,9 +67,6 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
   writer.writerows(rows)
   md = markdown(rows, degradations, methods)
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
-    tmp = os.path.join(workdir, f".{name}.tmp")
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
+    fileio.write_text(os.path.join(workdir, name), text)
   plot(rows, degradations, methods, os.path.join(workdir, "results.png"))
   return md

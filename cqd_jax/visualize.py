@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import os
 
 import jax
 import ml_collections
@@ -14,6 +13,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 from PIL import Image
+
+from cqd_jax import fileio
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
 _OUT = flags.DEFINE_string("out", "views.png", "PNG to write.")
@@ -48,9 +49,8 @@ def main(argv: list[str]) -> None:
                              **config.dataset.options.to_dict())
   batch = next(input_pipeline.eval_batches(builder, config.eval_split, batch_size=_NUM.value))
   grid = view_grid(config, batch, _SCALE.value)
-  tmp = f"{_OUT.value}.tmp.png"
-  Image.fromarray(grid).save(tmp)
-  os.replace(tmp, _OUT.value)
+  with fileio.atomic_path(_OUT.value) as tmp:
+    Image.fromarray(grid).save(tmp)
   print(f"wrote {_OUT.value}: rows = A ({next(iter(config.degradations.values())).a}), then B of "
         f"{', '.join(config.degradations)}")
 

@@ -15,7 +15,6 @@ This machine needs neither torch nor network access. To make the weights file, o
 recipe). torchvision's downloaded `~/.cache/torch/hub/checkpoints/resnet18-*.pth` also works as --in.
 """
 
-import os
 import sys
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from cqd_jax import fileio
 from cqd_jax import models
 from cqd_jax import pretrained
 
@@ -42,14 +42,9 @@ def convert(in_path: str, arch: str, out_path: str) -> dict[str, np.ndarray]:
   model = models.get_model(arch, state_dict["fc.weight"].shape[0] if keep_head else 1)
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   pretrained.to_flax(state_dict, arch, template, keep_head=keep_head)
-  tmp = f"{out_path}.tmp-{os.getpid()}"
-  try:
+  with fileio.atomic_path(out_path) as tmp:
     with open(tmp, "wb") as f:
       np.savez(f, allow_pickle=False, **state_dict)
-    os.replace(tmp, out_path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
   return state_dict
 
 

@@ -6,7 +6,6 @@ the error cases fail during validation, before any training, so they cost only t
 
 import csv
 import os
-import pathlib
 import shutil
 import subprocess
 import sys

@@ -7,9 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 import helpers

@@ -11,7 +11,7 @@ import io
 import posixpath
 import tarfile
 import textwrap
-from typing import Any, Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterable, Iterator, Mapping, Sequence
 import zlib
 
 from etils import epath
