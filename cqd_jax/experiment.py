@@ -163,7 +163,7 @@ class Runner:
     step_fn = train.jit_train_step(
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
         teacher_apply=self.teacher_model.apply if method.distill else None, distill=config.distill,
-        flip=config.augment.flip, crop_margin=config.augment.get("crop_margin", 0.0))
+        flip=config.augment.flip, crop_margin=config.augment.crop_margin)
     rng = jax.random.fold_in(jax.random.key(config.seed), 1 + _stable_hash(stage.name))
     writer = writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
                                   log=False)

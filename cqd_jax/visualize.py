@@ -40,14 +40,14 @@ def view_grid(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray], s
 
 def main(argv: list[str]) -> None:
   del argv
-  from cqd_jax import input_pipeline
-  from cqd_jax.data import registry
+  from cqd_jax import experiment, input_pipeline
 
   config = _CONFIG.value
-  data_dir = _DATA_DIR.value or config.dataset.data_dir or "data"
-  builder = registry.prepare(config.dataset.name, data_dir, manual_dir=config.dataset.manual_dir or None,
-                             **config.dataset.options.to_dict())
-  batch = next(input_pipeline.eval_batches(builder, config.eval_split, batch_size=_NUM.value))
+  if _DATA_DIR.value:
+    config.dataset.data_dir = _DATA_DIR.value
+  data = experiment.prepare_data(config, workdir=".")  # the same data set (and default ./data) a run uses
+  batch = next(input_pipeline.eval_batches(data.builder, config.eval_split, batch_size=_NUM.value,
+                                           image_size=config.dataset.storage_size or None))
   grid = view_grid(config, batch, _SCALE.value)
   with fileio.atomic_path(_OUT.value) as tmp:
     Image.fromarray(grid).save(tmp)
