@@ -5,8 +5,8 @@ format). Torch files are read by a restricted unpickler that never imports torch
 from the file: it resolves only the tensor-rebuild functions, the storage types and `collections.OrderedDict`
 to inert local stand-ins, and refuses every other global before anything runs.
 
-Names and layouts follow `cqd_jax.models.resnet` (torchvision `layer1.0.conv1.weight` -> Flax
-`layer1_0/conv1/kernel`, OIHW -> HWIO, ...). The models normalise with the ImageNet mean/std themselves, as
+Names and layouts follow `cqd_jax.models.resnet` and `cqd_jax.models.vgg` (torchvision
+`layer1.0.conv1.weight` -> Flax `layer1_0/conv1/kernel`, OIHW -> HWIO, ...). The models normalise with the ImageNet mean/std themselves, as
 torchvision's preprocessing does, so converted weights see the inputs they were trained on.
 """
 
@@ -33,7 +33,6 @@ from flax import traverse_util
 
 from cqd_jax.models import MODELS
 
-SUPPORTED_ARCHS = ("resnet18", "resnet50")
 Variables = Mapping[str, Any]
 
 
@@ -224,7 +223,32 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ conversion
 
-_MODULE_NAMES = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1", "head": "fc"}
+@dataclasses.dataclass(frozen=True)
+class TorchNaming:
+  """How an architecture's Flax module names map to its torchvision state-dict keys.
+
+  A module name ending in `_<digits>` maps to `.<digits>` (`layer1_0` -> `layer1.0`, `features_10` ->
+  `features.10`) unless `renames` says otherwise; `head` (the classifier) maps to `renames["head"]`.
+  """
+  renames: Mapping[str, str]
+
+  @property
+  def head(self) -> str:
+    return self.renames["head"]
+
+  def key(self, path: tuple[str, ...]) -> str:
+    collection, *modules, leaf = path
+    modules = [self.renames.get(m, re.sub(r"_(\d+)$", r".\1", m)) for m in modules]
+    return ".".join([*modules, _LEAF_NAMES[collection, leaf]])
+
+
+_RESNET = TorchNaming({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1", "head": "fc"})
+ARCH_NAMING: dict[str, TorchNaming] = {
+    "resnet18": _RESNET,
+    "resnet50": _RESNET,
+    "vgg16": TorchNaming({"head": "classifier.6"}),
+}
+SUPPORTED_ARCHS = tuple(ARCH_NAMING)
 _LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
                ("batch_stats", "mean"): "running_mean", ("batch_stats", "var"): "running_var"}
 
@@ -234,11 +258,20 @@ def _to_flax_axes(ndim: int) -> tuple[int, ...]:
   return {4: (2, 3, 1, 0), 2: (1, 0)}.get(ndim, tuple(range(ndim)))
 
 
-def torch_name(path: tuple[str, ...]) -> str:
-  """torchvision state-dict key of a Flax variable path, e.g. ("params", "layer1_0", "conv1", "kernel")."""
-  collection, *modules, leaf = path
-  modules = [_MODULE_NAMES.get(m, re.sub(r"^layer(\d+)_(\d+)$", r"layer\1.\2", m)) for m in modules]
-  return ".".join([*modules, _LEAF_NAMES[collection, leaf]])
+def _naming(arch: str) -> TorchNaming:
+  if arch not in ARCH_NAMING:
+    raise ValueError(f"no torchvision weight mapping for {arch!r}; supported: {SUPPORTED_ARCHS}")
+  return ARCH_NAMING[arch]
+
+
+def torch_name(arch: str, path: tuple[str, ...]) -> str:
+  """torchvision state-dict key of a Flax variable path of `arch`, e.g. ("params", "layer1_0", "conv1", "kernel")."""
+  return _naming(arch).key(path)
+
+
+def head_key(arch: str) -> str:
+  """State-dict key of the classifier's weight matrix, e.g. "fc.weight"; its rows are the classes."""
+  return _naming(arch).head + ".weight"
 
 
 def _torch_shape(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -257,20 +290,21 @@ def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables_template:
             keep_head: bool) -> dict[str, Any]:
   """Fills the template's tree (from `model.init`) with torchvision-named weights; every leaf must match.
 
-  keep_head=False leaves the template's freshly initialised `head` (torchvision `fc.*` is skipped), the
+  keep_head=False leaves the template's freshly initialised `head` (torchvision's classifier, e.g. `fc.*`, is
+  skipped), the
   paper's setup when the data set's classes differ from ImageNet's; keep_head=True copies `fc` as well.
   """
-  if arch not in SUPPORTED_ARCHS:
-    raise ValueError(f"no torchvision weight mapping for {arch!r}; supported: {SUPPORTED_ARCHS}")
+  naming = _naming(arch)
+  head_prefix = naming.head + "."
   template = traverse_util.flatten_dict(dict(variables_template))
   is_head = lambda path: path[1] == "head"
-  used = {torch_name(path) for path in template if keep_head or not is_head(path)}
+  used = {naming.key(path) for path in template if keep_head or not is_head(path)}
   missing = sorted(used - set(state_dict))
-  ignored = lambda key: key.endswith(".num_batches_tracked") or (not keep_head and key.startswith("fc."))
+  ignored = lambda key: key.endswith(".num_batches_tracked") or (not keep_head and key.startswith(head_prefix))
   unexpected = sorted(key for key in state_dict if key not in used and not ignored(key))
   shapes, out = [], {}
   for path, leaf in template.items():
-    key = torch_name(path)
+    key = naming.key(path)
     if (is_head(path) and not keep_head) or key not in state_dict:
       out[path] = leaf
     elif state_dict[key].shape != _torch_shape(leaf.shape):
@@ -280,7 +314,7 @@ def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables_template:
       out[path] = jnp.asarray(value.transpose(_to_flax_axes(value.ndim)), leaf.dtype)
   if missing or unexpected or shapes:
     report = _mismatch_report(arch, missing, unexpected, sorted(shapes))
-    if not missing and not unexpected and all(key.startswith("fc.") for key in shapes):
+    if not missing and not unexpected and all(key.startswith(head_prefix) for key in shapes):
       report += " (keep_head=False re-initialises the classifier for a different number of classes)"
     raise WeightsError(report)
   return traverse_util.unflatten_dict(out)
@@ -305,7 +339,8 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int, init_from:
                      ".safetensors/.npz/.pth file (see data_prep/convert_weights.py for how to make one).")
   arch = arch_of(model)
   state_dict = load_state_dict(init_from)
-  keep_head = "fc.weight" in state_dict and state_dict["fc.weight"].shape[0] == model.num_classes
+  head = head_key(arch)
+  keep_head = head in state_dict and state_dict[head].shape[0] == model.num_classes
   logging.info("Initialising %s from %s (%s).", arch, init_from,
                "classifier included" if keep_head else f"classifier re-initialised for {model.num_classes} classes")
   return to_flax(state_dict, arch, init(), keep_head=keep_head)

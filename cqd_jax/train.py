@@ -152,7 +152,7 @@ def train_step(state: TrainState, teacher_variables: Variables | None, batch: Ma
       loss = ce + distill.weight * distill_loss
       aux["distill"] = distill_loss
       aux["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
-    return loss, (aux, updates["batch_stats"])
+    return loss, (aux, updates.get("batch_stats", {}))
 
   (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)

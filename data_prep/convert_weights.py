@@ -1,4 +1,4 @@
-r"""Converts torchvision ResNet weights to an .npz of torchvision-named arrays, checked against the Flax model.
+r"""Converts torchvision ResNet/VGG weights to an .npz of torchvision-named arrays, checked against the Flax model.
 
   python -m data_prep.convert_weights --in=resnet18.pth --arch=resnet18 --out=resnet18.npz
 
@@ -12,7 +12,8 @@ This machine needs neither torch nor network access. To make the weights file, o
                               "resnet18.safetensors")
 
 (resnet50: `torchvision.models.resnet50(weights="IMAGENET1K_V2")`, or "IMAGENET1K_V1" for the original
-recipe). torchvision's downloaded `~/.cache/torch/hub/checkpoints/resnet18-*.pth` also works as --in.
+recipe; vgg16: `torchvision.models.vgg16(weights="IMAGENET1K_V1")`). torchvision's downloaded
+`~/.cache/torch/hub/checkpoints/resnet18-*.pth` also works as --in.
 """
 
 import sys
@@ -38,8 +39,9 @@ def convert(in_path: str, arch: str, out_path: str) -> dict[str, np.ndarray]:
   # .npz has no bfloat16: store such arrays as float32.
   state_dict = {key: value.astype(np.float32) if value.dtype == jnp.bfloat16 else value
                 for key, value in pretrained.load_state_dict(in_path).items()}
-  keep_head = "fc.weight" in state_dict
-  model = models.get_model(arch, state_dict["fc.weight"].shape[0] if keep_head else 1)
+  head = pretrained.head_key(arch)
+  keep_head = head in state_dict
+  model = models.get_model(arch, state_dict[head].shape[0] if keep_head else 1)
   template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
   pretrained.to_flax(state_dict, arch, template, keep_head=keep_head)
   with fileio.atomic_path(out_path) as tmp:

@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cqd_jax.models import MODELS, count_params, get_model, model_options, normalize_images
+from cqd_jax.models import MODELS, count_params, get_model, model_options, normalize_images, vgg
 
 NUM_CLASSES = 5
 # Input width of the "head" Dense for each registered model (default options).
-HEAD_FEATURES = {"small_cnn": 256, "vgg_m": 4096, "resnet18": 512, "resnet50": 2048}
+HEAD_FEATURES = {"small_cnn": 256, "vgg_m": 4096, "resnet18": 512, "resnet50": 2048, "vgg16": 4096}
+# Models without BatchNorm (torchvision's VGG): only a "params" collection.
+NO_BATCHNORM = {"vgg16"}
 
 
 def _images(seed: int, n: int, h: int = 32, w: int = 32) -> jax.Array:
@@ -33,14 +35,14 @@ def built(request):
 
 
 def test_registry_contents():
-  assert set(MODELS) == {"small_cnn", "vgg_m", "resnet18", "resnet50"}
+  assert set(MODELS) == {"small_cnn", "vgg_m", "resnet18", "resnet50", "vgg16"}
   assert set(HEAD_FEATURES) == set(MODELS)
 
 
 def test_forward_shape_dtype_finite_and_head(built):
   name, model, variables = built
   x = _images(1, 2)
-  assert set(variables) == {"params", "batch_stats"}
+  assert set(variables) == ({"params"} if name in NO_BATCHNORM else {"params", "batch_stats"})
   for train in (False, True):
     out, _ = model.apply(variables, x, train=train, mutable=["batch_stats"])
     assert out.shape == (2, NUM_CLASSES)
@@ -51,7 +53,9 @@ def test_forward_shape_dtype_finite_and_head(built):
 
 
 def test_batchnorm_train_vs_eval(built):
-  _, model, variables = built
+  name, model, variables = built
+  if name in NO_BATCHNORM:
+    pytest.skip(f"{name} has no BatchNorm")
   a, b, c = _images(2, 1), _images(3, 1), _images(4, 1)
   ab, ac = jnp.concatenate([a, b]), jnp.concatenate([a, c])
 
@@ -86,6 +90,7 @@ def test_eval_does_not_need_mutable_or_rng(built):
     # Analytic: convs (no bias) + BN scale/bias + dense layers with bias.
     ("vgg_m", 7 * 7 * 3 * 96 + 5 * 5 * 96 * 256 + 9 * 256 * 512 + 2 * 9 * 512 * 512
      + 2 * (96 + 256 + 3 * 512) + (512 + 1) * 4096 + (4096 + 1) * 4096 + (4096 + 1) * 1000),
+    ("vgg16", 138_357_544),  # torchvision.models.vgg16().parameters()
     ("small_cnn", 9 * (3 * 32 + 32 * 64 + 64 * 128 + 128 * 256) + 2 * (32 + 64 + 128 + 256)
      + (256 + 1) * 1000),
 ])
@@ -155,6 +160,26 @@ def test_jit_matches_eager(built):
     np.testing.assert_allclose(jit_out, eager_out, rtol=1e-4, atol=1e-4)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), jit_stats, eager_stats)
+
+
+def test_vgg16_torchvision_names_and_any_input_size():
+  shapes = _param_shapes(get_model("vgg16", 1000))["params"]
+  convs = sorted(int(k.split("_")[1]) for k in shapes if k.startswith("features_"))
+  assert convs == [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]  # torchvision's features.N conv indices
+  assert shapes["classifier_0"]["kernel"] == (512 * 7 * 7, 4096)
+  assert shapes["head"]["kernel"] == (4096, 1000)
+  # Adaptive 7x7 pooling: the same parameters work for 32 px (1x1 conv5 map) and 224 px (7x7) inputs.
+  assert _param_shapes(get_model("vgg16", 1000), h=224)["params"] == shapes
+
+
+def test_adaptive_avg_pool_matches_definition():
+  x = jnp.arange(2 * 5 * 3 * 1, dtype=jnp.float32).reshape(2, 5, 3, 1)
+  out = vgg.adaptive_avg_pool(x, 2)
+  # torch bins for size 5 -> 2: [0, 3), [2, 5); size 3 -> 2: [0, 2), [1, 3).
+  expected = np.stack([np.stack([np.asarray(x)[:, r0:r1, c0:c1].mean(axis=(1, 2)) for c0, c1 in ((0, 2), (1, 3))],
+                                axis=1) for r0, r1 in ((0, 3), (2, 5))], axis=1)
+  np.testing.assert_allclose(out, expected, rtol=1e-6)
+  np.testing.assert_array_equal(vgg.adaptive_avg_pool(x[:, :2, :2], 2), x[:, :2, :2])  # identity when sizes match
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "vgg_m"])

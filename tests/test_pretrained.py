@@ -5,6 +5,7 @@ against real `torch.save` files and the converted Flax ResNets against torchvisi
 """
 
 import collections
+import functools
 import os
 import pickle
 import re
@@ -41,15 +42,15 @@ def resnet18_fixture() -> dict:
   return _init("resnet18", NUM_CLASSES, seed=0)
 
 
-def _as_torch(variables: dict) -> dict[str, np.ndarray]:
-  """torchvision-named state dict of Flax ResNet variables (HWIO -> OIHW, [in, out] -> [out, in])."""
+def _as_torch(variables: dict, arch: str = "resnet18") -> dict[str, np.ndarray]:
+  """torchvision-named state dict of Flax `arch` variables (HWIO -> OIHW, [in, out] -> [out, in])."""
   state_dict = {}
   for path, leaf in traverse_util.flatten_dict(variables).items():
     value = np.asarray(leaf)
     value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-    state_dict[pretrained.torch_name(path)] = np.ascontiguousarray(value)  # safetensors.numpy needs C order.
+    state_dict[pretrained.torch_name(arch, path)] = np.ascontiguousarray(value)  # safetensors needs C order.
     if path[-1] == "mean":
-      state_dict[pretrained.torch_name(path).replace("running_mean", "num_batches_tracked")] = np.array(3)
+      state_dict[pretrained.torch_name(arch, path).replace("running_mean", "num_batches_tracked")] = np.array(3)
   return state_dict
 
 
@@ -191,11 +192,16 @@ def test_torch_save_formats(tmp_path, torch, zip_format):
 # ---------------------------------------------------------------------------------------------- to_flax
 
 def test_torch_names():
-  assert pretrained.torch_name(("params", "conv1", "kernel")) == "conv1.weight"
-  assert pretrained.torch_name(("params", "layer2_0", "downsample_conv", "kernel")) == "layer2.0.downsample.0.weight"
-  assert pretrained.torch_name(("params", "layer4_1", "downsample_bn", "scale")) == "layer4.1.downsample.1.weight"
-  assert pretrained.torch_name(("batch_stats", "layer1_1", "bn2", "var")) == "layer1.1.bn2.running_var"
-  assert pretrained.torch_name(("params", "head", "bias")) == "fc.bias"
+  name = functools.partial(pretrained.torch_name, "resnet18")
+  assert name(("params", "conv1", "kernel")) == "conv1.weight"
+  assert name(("params", "layer2_0", "downsample_conv", "kernel")) == "layer2.0.downsample.0.weight"
+  assert name(("params", "layer4_1", "downsample_bn", "scale")) == "layer4.1.downsample.1.weight"
+  assert name(("batch_stats", "layer1_1", "bn2", "var")) == "layer1.1.bn2.running_var"
+  assert name(("params", "head", "bias")) == "fc.bias"
+  assert pretrained.torch_name("vgg16", ("params", "features_28", "kernel")) == "features.28.weight"
+  assert pretrained.torch_name("vgg16", ("params", "classifier_3", "bias")) == "classifier.3.bias"
+  assert pretrained.torch_name("vgg16", ("params", "head", "kernel")) == "classifier.6.weight"
+  assert pretrained.head_key("vgg16") == "classifier.6.weight" and pretrained.head_key("resnet50") == "fc.weight"
 
 
 def test_round_trip(resnet18):
@@ -338,6 +344,55 @@ def test_matches_torchvision_architecture(tmp_path, torch, arch):
     expected = torch_model(torch.from_numpy(normalized).permute(0, 3, 1, 2)).numpy()
   assert np.std(expected) > 0.1  # The comparison is not between near-zero logits.
   np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+
+
+def _torchvision_vgg16(torch, num_classes: int):
+  """torchvision's VGG-16 (configuration "D", no BatchNorm) in plain torch, in eval mode."""
+  nn, layers, channels = torch.nn, [], 3
+  for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+    if v == "M":
+      layers.append(nn.MaxPool2d(2, 2))
+    else:
+      layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU(inplace=True)]
+      channels = v
+
+  class VGG(nn.Module):
+
+    def __init__(self):
+      super().__init__()
+      self.features, self.avgpool = nn.Sequential(*layers), nn.AdaptiveAvgPool2d((7, 7))
+      self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
+                                      nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
+                                      nn.Linear(4096, num_classes))
+
+    def forward(self, x):
+      return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+  torch.manual_seed(0)
+  model = VGG()
+  with torch.no_grad():  # Scaled so that activations neither vanish nor explode through 16 layers.
+    for module in model.modules():
+      if isinstance(module, (nn.Conv2d, nn.Linear)):
+        fan_in = module.weight[0].numel()
+        module.weight.normal_(0.0, (2.0 / fan_in) ** 0.5)
+        module.bias.normal_(0.0, 0.1)
+  return model.eval()
+
+
+@pytest.mark.parametrize("image_size", [64, 112])  # conv5 maps of 2x2 and 3x3: uneven adaptive-pool bins.
+def test_vgg16_matches_torchvision_architecture(tmp_path, torch, image_size):
+  torch_model = _torchvision_vgg16(torch, num_classes=10)
+  path = tmp_path / "vgg16.pth"
+  torch.save(torch_model.state_dict(), path)  # Read back by the restricted unpickler, without torch.
+  model = get_model("vgg16", 10)
+  variables = pretrained.init_variables(model, jax.random.key(0), image_size, str(path))
+  images = np.random.default_rng(1).uniform(size=(2, image_size, image_size, 3)).astype(np.float32)
+  logits = model.apply(variables, images, train=False)
+  normalized = (images - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+  with torch.no_grad():
+    expected = torch_model(torch.from_numpy(normalized).permute(0, 3, 1, 2)).numpy()
+  assert np.std(expected) > 0.1
+  np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -14,6 +14,7 @@ import flax.linen as nn
 from cqd_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, count_params, normalize_images
 from cqd_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from cqd_jax.models.small_cnn import SmallCNN
+from cqd_jax.models.vgg import VGG, VGG16
 from cqd_jax.models.vgg_m import VGGM
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -21,6 +22,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg_m": VGGM,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
+    "vgg16": VGG16,
 }
 
 
@@ -47,6 +49,6 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "ResNet", "ResNet18",
-    "ResNet50", "SmallCNN", "VGGM", "count_params", "get_model", "model_options",
+    "ResNet50", "SmallCNN", "VGG", "VGG16", "VGGM", "count_params", "get_model", "model_options",
     "normalize_images",
 ]
