@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import helpers
-from cqd_jax import degrade, methods, train
+from cqd_jax import degrade, methods, models, train
 
 BATCH = 8
 
@@ -90,6 +90,19 @@ def test_train_step_every_method(setup, name):
   stats_before = {k: v for k, v in before_variables.items() if k.startswith("['batch_stats']")}
   stats_after = helpers.flatten(jax.device_get({"batch_stats": state.batch_stats}))
   assert stats_before and _max_abs_diff(stats_before, stats_after) > 1e-6
+
+
+def test_cqd_step_with_a_model_without_batchnorm(setup):
+  model = models.VGG(num_classes=helpers.NUM_CLASSES, layers=(8, "M", 8, "M"), fc_width=16)
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx, None)
+  teacher = helpers.init_variables(model, seed=100)
+  assert set(teacher) == {"params"} and not state.batch_stats
+  step = train.jit_train_step(setup["mesh"], method=methods.get_method("cqd"), view_a=setup["view_a"],
+                              view_b=setup["view_b"], teacher_apply=model.apply, distill=helpers.distill_config(),
+                              flip=True)
+  new_state, metrics = step(state, teacher, setup["batch"], jax.random.key(3))
+  assert int(new_state.step) == 1 and np.isfinite(float(metrics["distill"]))
 
 
 def test_cqd_distill_term_is_additive(setup):

@@ -10,7 +10,8 @@ so converted weights give torchvision's logits. Parameter names mirror torchvisi
   classifier.3.*              classifier_3/*               (fc7: 4096 -> 4096)
   classifier.6.*              head/*                       (fc8: 4096 -> classes)
 
-Dropout (torchvision: 0.5 after fc6 and fc7) is `dropout_rate`, 0.0 by default like `vgg_m`.
+Dropout (torchvision: 0.5 after fc6 and fc7) is `dropout_rate`, 0.0 by default like `vgg_m`; `fc_width`
+(4096) exists for small test models.
 """
 
 import functools
@@ -49,6 +50,7 @@ class VGG(nn.Module):
 
   num_classes: int
   layers: Sequence[int | str]
+  fc_width: int = 4096
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
 
@@ -67,7 +69,7 @@ class VGG(nn.Module):
     x = adaptive_avg_pool(x, _POOLED)
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch flattens NCHW.
     for name in ("classifier_0", "classifier_3"):
-      x = nn.relu(nn.Dense(4096, dtype=self.dtype, name=name)(x))
+      x = nn.relu(nn.Dense(self.fc_width, dtype=self.dtype, name=name)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
