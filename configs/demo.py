@@ -69,5 +69,12 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
 
   config.log_every = 50
   config.checkpoint_every = 100
+  # Checkpoints every checkpoint_every steps and at the end; the latest keep_checkpoints are kept, plus the
+  # one scoring best on validation_split ("" = no validation while training; results use the last model).
+  config.keep_checkpoints = 2
+  config.validation_split = "validation"
+  # A step whose loss or gradient is not finite is never applied: "stop" ends the run naming the step and
+  # the last good checkpoint, "skip" counts such steps and goes on.
+  config.on_nonfinite = "stop"
   config.progress_bar = True
   return config

@@ -1,8 +1,10 @@
-"""Orbax checkpoints of a training stage: model and optimizer state plus the grain iterator position.
+"""Orbax checkpoints of a training stage: the train state (parameters, BatchNorm statistics, optimizer
+state, step, PRNG key) plus the grain iterator position.
 
-Each stage has its own CheckpointManager directory. Orbax finalises a step atomically (it writes to a
-temporary directory and renames it), so a run killed mid-save leaves no step that reads as complete, and
-re-running resumes from the latest complete step. A later stage loads its teacher from here.
+Each stage has its own CheckpointManager directory. Orbax writes asynchronously and finalises a step
+atomically (a temporary directory renamed when complete), so a run killed mid-save leaves no step that reads
+as complete, and re-running resumes from the latest complete step. The latest `keep` steps are kept, plus the
+one with the best validation accuracy when steps carry that metric. A later stage loads its teacher here.
 """
 
 from __future__ import annotations
@@ -19,19 +21,43 @@ class CheckpointError(RuntimeError):
   """A checkpoint exists but cannot be used (corrupt, or from another model or class count)."""
 
 
-def make_manager(directory: str, *, save_every: int, keep: int = 2) -> ocp.CheckpointManager:
-  """A manager for one stage that keeps the last `keep` steps and saves every `save_every` steps."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_every, create=True)
+BEST_METRIC = "val_accuracy"
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the same command resumes it."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient was not finite (the update was not applied); names the last good checkpoint."""
+
+
+def make_manager(directory: str, *, save_every: int, keep: int = 2, track_best: bool = False
+                 ) -> ocp.CheckpointManager:
+  """A manager for one stage: saves every `save_every` steps and keeps the last `keep` steps, plus (with
+  `track_best`) the step with the highest `BEST_METRIC`; leftovers of interrupted saves are removed."""
+  metric = lambda metrics: metrics[BEST_METRIC]
+  policies = [ocp.checkpoint_managers.LatestN(n=keep)]
+  if track_best:
+    policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=metric, n=1, keep_checkpoints_without_metrics=False))
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=save_every, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      best_fn=metric if track_best else None, best_mode="max", cleanup_tmp_directories=True, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: Any | None = None, *,
-         force: bool = False) -> bool:
-  """Saves `state` (and the data iterator position) at `step` if due, or always with `force`."""
+         metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+  """Saves `state` (and the data iterator position, and validation `metrics`) at `step` if due, or always
+  with `force`. The save finishes in the background; `manager.wait_until_finished()` waits for it."""
   items = {"state": ocp.args.StandardSave(state)}
   if data_iterator is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+  return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: Any | None = None) -> Any | None:

@@ -12,10 +12,13 @@ Workdir layout:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
 from typing import Any
@@ -113,6 +116,7 @@ class Runner:
     self.student = _make_model(config.model, data.num_classes)
     self.teacher_model = (_make_model(config.teacher_model, data.num_classes) if config.teacher_model.name
                           else self.student)
+    self._eval_fns: dict[tuple[bool, str, str], Any] = {}
 
   def stage_dir(self, stage: Stage) -> str:
     return os.path.join(self.workdir, "stages", stage.name.replace("/", "__"))
@@ -123,25 +127,48 @@ class Runner:
   def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
     """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from)."""
     tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
-    rng = jax.random.fold_in(jax.random.key(self.config.seed), _stable_hash(stage.name))
+    seed = jax.random.key(self.config.seed)
+    rng, step_rng = jax.random.fold_in(seed, _stable_hash(stage.name)), jax.random.fold_in(seed, 1 + _stable_hash(stage.name))
     model = self._model_for(stage)
     if variables is None:
       model_config = self.config.teacher_model if model is not self.student else self.config.model
       init_from = model_config.get("init_from", "") if init_from is None else init_from
       variables = pretrained.init_variables(model, rng, self.config.image_size, init_from)
-    return train.create_train_state(model, rng, self.config.image_size, tx, variables)
+    return train.create_train_state(model, rng, self.config.image_size, tx, variables, step_rng=step_rng)
+
+  def _manager(self, stage: Stage):
+    return checkpoint.make_manager(os.path.join(self.stage_dir(stage), "checkpoints"),
+                                   save_every=self.config.checkpoint_every, keep=self.config.keep_checkpoints,
+                                   track_best=bool(self.config.validation_split))
 
   def final_variables(self, stage: Stage) -> dict[str, Any]:
     """The trained model of a finished stage, read back from its last checkpoint."""
-    manager = checkpoint.make_manager(os.path.join(self.stage_dir(stage), "checkpoints"), save_every=1)
+    manager = self._manager(stage)
     state = checkpoint.restore_latest(manager, self._template(stage, init_from=""))  # only the tree shape
     manager.close()
     if state is None:
       raise checkpoint.CheckpointError(f"stage {stage.name} has no checkpoint in {self.stage_dir(stage)}")
     return state.variables
 
-  def train(self, stage: Stage, teacher: dict[str, Any] | None) -> dict[str, Any]:
-    """Trains `stage` to config.num_steps, resuming from its latest checkpoint; returns its variables."""
+  def _check_finite(self, stage: Stage, state: train.TrainState, manager) -> int:
+    """The number of skipped non-finite updates; with on_nonfinite="stop", raises NonFiniteError if any."""
+    skipped = int(jax.device_get(state.skipped))
+    if skipped and self.config.on_nonfinite == "stop":
+      good = manager.latest_step()
+      where = (f"{manager.directory}/{good}" if good is not None
+               else "none (re-running starts the stage from scratch)")
+      raise checkpoint.NonFiniteError(
+          f"stage {stage.name}: the loss or a gradient was not finite at step {int(jax.device_get(state.last_skipped))}"
+          f" (the update was not applied); last good checkpoint: {where}. Lower optimizer.lr, or set "
+          "on_nonfinite='skip' to skip such batches")
+    return skipped
+
+  def train(self, stage: Stage, teacher: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains `stage` to config.num_steps, resuming from its latest checkpoint.
+
+    Returns its variables and a summary (best validation step and accuracy, skipped updates). SIGTERM or
+    SIGINT saves a checkpoint and raises checkpoint.Preempted; the same call later resumes from it.
+    """
     config, method = self.config, get_method(stage.method)
     if method.init_from_teacher and self.teacher_model is not self.student:
       raise ValueError(f"config key methods: {stage.method} starts the student from the teacher, which needs "
@@ -151,8 +178,7 @@ class Runner:
                                          seed=config.seed, image_size=config.dataset.storage_size or None,
                                          worker_count=config.dataset.worker_count)
     data_iter = iter(loader)
-    stage_dir = self.stage_dir(stage)
-    manager = checkpoint.make_manager(os.path.join(stage_dir, "checkpoints"), save_every=config.checkpoint_every)
+    manager = self._manager(stage)
     restored = checkpoint.restore_latest(manager, state, data_iter)
     if restored is not None:
       state = restored
@@ -164,48 +190,110 @@ class Runner:
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
         teacher_apply=self.teacher_model.apply if method.distill else None, distill=config.distill,
         flip=config.augment.flip, crop_margin=config.augment.crop_margin)
-    rng = jax.random.fold_in(jax.random.key(config.seed), 1 + _stable_hash(stage.name))
     writer = writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
                                   log=False)
     bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
                     dynamic_ncols=True, leave=True, disable=not config.progress_bar)
     t0, seen = time.time(), 0
-    for step in range(start, config.num_steps):
-      batch = train.shard_batch(next(data_iter), self.mesh)
-      state, metrics = step_fn(state, teacher_vars, batch, rng)
-      seen += config.batch_size
-      bar.update(1)
-      if (step + 1) % config.log_every == 0 or step + 1 == config.num_steps:
-        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        scalars["img_per_s"] = seen / (time.time() - t0)
-        writer.write_scalars(step + 1, scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
-                        ips=f"{scalars['img_per_s']:.0f}")
-      last = step + 1 == config.num_steps
-      if last or manager.should_save(step + 1):
-        checkpoint.save(manager, step + 1, jax.device_get(state), data_iter, force=last)
+    with _stop_signals() as received:
+      for step in range(start, config.num_steps):
+        batch = train.shard_batch(next(data_iter), self.mesh)
+        state, metrics = step_fn(state, teacher_vars, batch)
+        seen += config.batch_size
+        bar.update(1)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.num_steps:
+          self._check_finite(stage, state, manager)
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          scalars["img_per_s"] = seen / (time.time() - t0)
+          writer.write_scalars(done, scalars)
+          bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
+                          ips=f"{scalars['img_per_s']:.0f}")
+        if received or done == config.num_steps or manager.should_save(done):
+          self._check_finite(stage, state, manager)
+          val = self._validate(stage, state) if config.validation_split else None
+          if val is not None:
+            writer.write_scalars(done, val)
+          checkpoint.save(manager, done, jax.device_get(state), data_iter, metrics=val, force=True)
+        if received and done < config.num_steps:
+          manager.wait_until_finished()
+          bar.close()
+          raise checkpoint.Preempted(
+              f"stage {stage.name}: stopped by {signal.Signals(received[0]).name} at step {done}; checkpoint "
+              f"{manager.directory}/{done} saved; run the same command again to resume", received[0])
     bar.close()
+    skipped = self._check_finite(stage, state, manager)
     if start < config.num_steps:
       elapsed = time.time() - t0
-      say(f"stage {stage.name}: {config.num_steps - start} steps in {elapsed:.1f}s ({seen / elapsed:.0f} img/s)")
+      say(f"stage {stage.name}: {config.num_steps - start} steps in {elapsed:.1f}s ({seen / elapsed:.0f} img/s)"
+          + (f", {skipped} non-finite updates skipped" if skipped else ""))
     manager.wait_until_finished()
+    best = manager.best_step() if config.validation_split else None
+    summary = {"skipped_updates": skipped, "best_step": best,
+               "best_val_accuracy": _metric(manager, best)}
     manager.close()
     writer.close()
-    return jax.device_get(state.variables)
+    return jax.device_get(state.variables), summary
 
-  def evaluate(self, stage: Stage, variables: dict[str, Any], view_b: str) -> dict[str, float]:
-    """Top-1 accuracy of a stage's model on the test split, on view A and on `view_b`."""
+  def _eval_fn(self, stage: Stage, view_b: str):
+    """The jitted evaluation of a stage's model (compiled once per model and pair of views)."""
+    key = (stage.method == TEACHER_METHOD, stage.view_a, view_b)
+    if key not in self._eval_fns:
+      self._eval_fns[key] = train.jit_eval_step(self.mesh, apply_fn=self._model_for(stage).apply,
+                                                view_a=_view(self.config, stage.view_a),
+                                                view_b=_view(self.config, view_b))
+    return self._eval_fns[key]
+
+  def evaluate(self, stage: Stage, variables: dict[str, Any], view_b: str, split: str | None = None
+               ) -> dict[str, float]:
+    """Top-1 accuracy of a stage's model on `split` (default config.eval_split), on view A and on `view_b`."""
     config = self.config
-    eval_fn = train.jit_eval_step(self.mesh, apply_fn=self._model_for(stage).apply,
-                                  view_a=_view(config, stage.view_a), view_b=_view(config, view_b))
+    eval_fn = self._eval_fn(stage, view_b)
     variables = train.replicate(variables, self.mesh)
     total = None
-    batches = input_pipeline.eval_batches(self.data.builder, config.eval_split, batch_size=config.eval_batch_size,
+    batches = input_pipeline.eval_batches(self.data.builder, split or config.eval_split,
+                                          batch_size=config.eval_batch_size,
                                           image_size=config.dataset.storage_size or None)
     for i, batch in enumerate(batches):
       m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i))
       total = m if total is None else total.merge(m)
     return {k: float(v) for k, v in total.compute().items()}
+
+  def _validate(self, stage: Stage, state: train.TrainState) -> dict[str, float]:
+    """Accuracy on config.validation_split of the view the stage's model is for (A for the teacher, else B)."""
+    acc = self.evaluate(stage, state.variables, stage.view_b, self.config.validation_split)
+    return {checkpoint.BEST_METRIC: acc["accuracy_b"]}
+
+
+def _metric(manager, step: int | None) -> float | None:
+  """The validation accuracy saved with `step`, if any."""
+  if step is None:
+    return None
+  metrics = manager.metrics(step)
+  return None if metrics is None else float(metrics[checkpoint.BEST_METRIC])
+
+
+@contextlib.contextmanager
+def _stop_signals():
+  """Turns SIGTERM and SIGINT into a request (the yielded list gets the signal) so the training loop can save
+  a checkpoint before stopping; a second SIGINT interrupts at once. No-op outside the main thread."""
+  received: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+
+  def request(signum, frame):
+    if received and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    received.append(signum)
+    say(f"{signal.Signals(signum).name} received: saving a checkpoint, then stopping")
+
+  previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
@@ -227,7 +315,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       if stage.teacher not in trained:
         trained[stage.teacher] = runner.final_variables(next(s for s in stages if s.name == stage.teacher))
       teacher = trained[stage.teacher]
-    variables = runner.train(stage, teacher)
+    variables, summary = runner.train(stage, teacher)
     if stage.method == TEACHER_METHOD:
       trained[stage.name] = variables
     stage_rows = []
@@ -235,7 +323,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       if stage.method == TEACHER_METHOD and deg.a == stage.view_a or stage.name.startswith(f"{deg_name}/"):
         acc = runner.evaluate(stage, variables, deg.b)
         stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
-                           "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"]})
+                           "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"], **summary})
     fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
     rows.extend(stage_rows)
   results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)

@@ -28,7 +28,8 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoint.CheckpointError)
+USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoint.CheckpointError,
+               checkpoint.NonFiniteError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -88,6 +89,11 @@ def main(argv: list[str]) -> None:
     config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value)
     from cqd_jax import experiment  # Imported late: loads JAX and TFDS, which take a second or two.
     rows = experiment.run(config, workdir)
+  except checkpoint.Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + e.signum)  # the shell convention for "killed by this signal"
   except USER_ERRORS as e:
     if _VERBOSE.value:
       raise

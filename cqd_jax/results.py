@@ -62,7 +62,8 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
 def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str) -> str:
   """Writes results.csv (one row per degradation and method), results.md and results.png; returns the Markdown."""
   buf = io.StringIO()
-  writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b"])
+  writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b",
+                                               "best_step", "best_val_accuracy", "skipped_updates"])
   writer.writeheader()
   writer.writerows(rows)
   md = markdown(rows, degradations, methods)

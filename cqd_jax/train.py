@@ -30,9 +30,15 @@ Variables = Mapping[str, Any]
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus BatchNorm statistics."""
+  """Flax TrainState plus BatchNorm statistics, the stage's PRNG key and the count of skipped updates.
+
+  Everything a step depends on is in the state, so a checkpoint of it resumes a run exactly.
+  """
 
   batch_stats: Any
+  rng: jax.Array  # raw key data (uint32) of the stage's key; step i uses fold_in(key, i)
+  skipped: jax.Array  # int32: updates not applied because the loss or a gradient was not finite
+  last_skipped: jax.Array  # int32: the latest such step (1-based, as checkpoints count), -1 if none
 
   @property
   def variables(self) -> dict[str, Any]:
@@ -74,14 +80,18 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
 
 
 def create_train_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.GradientTransformation,
-                       variables: Variables | None = None) -> TrainState:
-  """Initialises the model, or starts from a copy of `variables` (the step donates its state's buffers)."""
+                       variables: Variables | None = None, step_rng: jax.Array | None = None) -> TrainState:
+  """Initialises the model from `rng`, or starts from a copy of `variables` (the step donates its state's
+  buffers); `step_rng` (default: derived from `rng`) drives the augmentation and the views of every step."""
   if variables is None:
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
   else:
     variables = jax.tree.map(jnp.copy, variables)
+  step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}), tx=tx)
+                           batch_stats=variables.get("batch_stats", {}), tx=tx,
+                           rng=jax.random.key_data(step_rng), skipped=jnp.zeros((), jnp.int32),
+                           last_skipped=jnp.full((), -1, jnp.int32))
 
 
 # ------------------------------------------------------------------------------------------------- augment
@@ -116,12 +126,16 @@ def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: flo
 
 # ---------------------------------------------------------------------------------------------- train step
 
-def train_step(state: TrainState, teacher_variables: Variables | None, batch: Mapping[str, jax.Array],
-               rng: jax.Array, *, method: Method, view_a: View, view_b: View,
-               teacher_apply: Callable[..., jax.Array] | None, distill: ml_collections.ConfigDict,
-               flip: bool, crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of `method`: augmentation, views, teacher forward, student forward/backward and update, fused."""
-  rng = jax.random.fold_in(rng, state.step)
+def train_step(state: TrainState, teacher_variables: Variables | None, batch: Mapping[str, jax.Array], *,
+               method: Method, view_a: View, view_b: View, teacher_apply: Callable[..., jax.Array] | None,
+               distill: ml_collections.ConfigDict, flip: bool,
+               crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of `method`: augmentation, views, teacher forward, student forward/backward and update, fused.
+
+  An update whose loss or gradient is not finite is not applied (parameters, optimizer state and BatchNorm
+  statistics stay as they were; the step counter advances past the batch) and is counted in the state.
+  """
+  rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   k_flip, k_a, k_b, k_mix = jax.random.split(rng, 4)
   images, boxes = to_float(batch["image"]), batch["bbox"]
   if crop_margin > 0:
@@ -155,8 +169,17 @@ def train_step(state: TrainState, teacher_variables: Variables | None, batch: Ma
     return loss, (aux, updates.get("batch_stats", {}))
 
   (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # the norm is not finite if any gradient is not
+  updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  kept = lambda new, old: jnp.where(finite, new, old)
+  state = updated.replace(
+      params=jax.tree.map(kept, updated.params, state.params),
+      opt_state=jax.tree.map(kept, updated.opt_state, state.opt_state),
+      batch_stats=jax.tree.map(kept, updated.batch_stats, state.batch_stats),
+      skipped=state.skipped + (~finite).astype(jnp.int32),
+      last_skipped=jnp.where(finite, state.last_skipped, updated.step))
+  metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": state.skipped, **aux}
   return state, metrics
 
 
@@ -214,7 +237,7 @@ def jit_train_step(mesh: Mesh, **static) -> Callable:
   """Compiles `train_step` for `mesh`, donating the old state's buffers."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(functools.partial(train_step, **static), donate_argnums=(0,),
-                 in_shardings=(replicated, replicated, data, replicated), out_shardings=(replicated, replicated))
+                 in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated))
 
 
 def jit_eval_step(mesh: Mesh, **static) -> Callable:

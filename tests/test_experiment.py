@@ -34,7 +34,8 @@ def test_plan_trains_one_teacher_per_view_a_first_and_reuses_it():
 def test_results_table_rows_and_files(tmp_path):
   rows = [
       {"degradation": "lowres", "method": "train_a", "stage": "t", "accuracy_a": 0.9, "accuracy_b": 0.2},
-      {"degradation": "lowres", "method": "cqd", "stage": "c", "accuracy_a": 0.3, "accuracy_b": 0.55},
+      {"degradation": "lowres", "method": "cqd", "stage": "c", "accuracy_a": 0.3, "accuracy_b": 0.55,
+       "best_step": 4, "best_val_accuracy": 0.5, "skipped_updates": 0},
   ]
   md = results.write_tables(rows, ["lowres", "edges"], ["train_a", "cqd"], str(tmp_path))
   lines = md.splitlines()
@@ -44,6 +45,8 @@ def test_results_table_rows_and_files(tmp_path):
   assert lines[4] == "| cqd | B | 55.0 | - |"
   assert (tmp_path / "results.md").read_text() == md
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
-  assert csv_lines[0] == "degradation,method,stage,accuracy_a,accuracy_b" and len(csv_lines) == 3
+  assert csv_lines[0] == ("degradation,method,stage,accuracy_a,accuracy_b,best_step,best_val_accuracy,"
+                          "skipped_updates") and len(csv_lines) == 3
+  assert csv_lines[1] == "lowres,train_a,t,0.9,0.2,,," and csv_lines[2] == "lowres,cqd,c,0.3,0.55,4,0.5,0"
   assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]

@@ -36,8 +36,8 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, capsys):
   runner = experiment.Runner(config, workdir, data)
   teacher, student = experiment.plan(config)[0], experiment.plan(config)[2]  # train_a, lowres/a_then_b
   assert student.name == "lowres/a_then_b"
-  teacher_vars = runner.train(teacher, None)
-  full = runner.train(student, teacher_vars)
+  teacher_vars, _ = runner.train(teacher, None)
+  full, _ = runner.train(student, teacher_vars)
 
   # Simulate a kill after the step-2 checkpoint: drop the final step, train again.
   ckpt_dir = os.path.join(runner.stage_dir(student), "checkpoints")
@@ -46,7 +46,7 @@ def test_resume_after_interruption_is_bit_exact(tmp_path, capsys):
   step2 = runner.final_variables(student)  # differs from the end result, so the check below is not vacuous
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(step2)))
   capsys.readouterr()
-  resumed = runner.train(student, teacher_vars)
+  resumed, _ = runner.train(student, teacher_vars)
 
   for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
     np.testing.assert_array_equal(a, b)

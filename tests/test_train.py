@@ -50,7 +50,7 @@ def _run_step(setup, name: str, distill=None, seed: int = 0):
   state = _state(setup, method, seed)
   before = helpers.flatten(jax.device_get(state.variables))
   teacher = setup["teacher"] if method.distill else None
-  new_state, metrics = _step_fn(setup, method, distill)(state, teacher, setup["batch"], jax.random.key(3))
+  new_state, metrics = _step_fn(setup, method, distill)(state, teacher, setup["batch"])
   return before, new_state, metrics
 
 
@@ -101,8 +101,33 @@ def test_cqd_step_with_a_model_without_batchnorm(setup):
   step = train.jit_train_step(setup["mesh"], method=methods.get_method("cqd"), view_a=setup["view_a"],
                               view_b=setup["view_b"], teacher_apply=model.apply, distill=helpers.distill_config(),
                               flip=True)
-  new_state, metrics = step(state, teacher, setup["batch"], jax.random.key(3))
+  new_state, metrics = step(state, teacher, setup["batch"])
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["distill"]))
+
+
+def test_non_finite_update_is_skipped_and_counted(setup):
+  before, state, metrics = _run_step(setup, "cqd", distill=helpers.distill_config(weight=float("inf")))
+  assert not np.isfinite(float(metrics["loss"]))
+  after = helpers.flatten(jax.device_get(state.variables))
+  assert _max_abs_diff(before, after) == 0.0, "a non-finite update changed parameters or BatchNorm statistics"
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(jax.device_get(state.opt_state)))
+  assert (int(state.step), int(state.skipped), int(state.last_skipped)) == (1, 1, 1)
+  assert int(metrics["skipped"]) == 1
+  _, good, _ = _run_step(setup, "cqd")
+  assert (int(good.skipped), int(good.last_skipped)) == (0, -1)
+
+
+def test_step_key_lives_in_the_state(setup):
+  """The augmentation and views depend on the state's key only, so a checkpointed state resumes exactly."""
+  method = methods.get_method("train_b")
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  make = lambda init_seed, step_seed: train.create_train_state(
+      setup["model"], jax.random.key(init_seed), helpers.IMAGE_SIZE, tx, step_rng=jax.random.key(step_seed))
+  step = _step_fn(setup, method)
+  loss = lambda state: float(step(state, None, setup["batch"])[1]["loss"])
+  assert make(0, 5).rng.dtype == jnp.uint32
+  np.testing.assert_array_equal(loss(make(0, 5)), loss(make(0, 5)))
+  assert loss(make(0, 5)) != loss(make(0, 6))
 
 
 def test_cqd_distill_term_is_additive(setup):
@@ -135,7 +160,7 @@ def test_teacher_gets_no_gradient_and_is_not_donated(setup):
   step = _step_fn(setup, method)
   first = state
   for _ in range(2):
-    state, metrics = step(state, teacher, setup["batch"], jax.random.key(3))
+    state, metrics = step(state, teacher, setup["batch"])
   assert int(state.step) == 2
   # The student state is donated (its old buffers are gone), so the teacher check below is meaningful: a
   # student sharing the teacher's buffers would have had them deleted (or the call rejected).
