@@ -18,8 +18,10 @@ import helpers
 TIMEOUT = 300
 
 
-def run_cli(workdir, *extra: str, base: bool = True) -> subprocess.CompletedProcess:
-  args = [sys.executable, "-m", "cqd_jax.main", f"--workdir={workdir}"]
+def run_cli(workdir, *extra: str, base: bool = True,
+            main: tuple[str, ...] = ("-m", "cqd_jax.main")) -> subprocess.CompletedProcess:
+  """Runs the command line (`main`: how python starts it)."""
+  args = [sys.executable, *main, f"--workdir={workdir}"]
   args += helpers.CLI_TINY_ARGS if base else []
   args += list(extra)
   return subprocess.run(args, cwd=helpers.REPO, env=helpers.subprocess_env(), capture_output=True, text=True,
@@ -115,6 +117,35 @@ def test_bad_config_value_is_one_line_error(tmp_path, override, culprits):
   for culprit in culprits:
     assert culprit in line, line
   assert not (workdir / "stages").exists()
+
+
+# The command line on a disk that is full: every file fileio writes takes 10 bytes, then fails with ENOSPC.
+_FULL_DISK_MAIN = """
+import builtins, errno, os
+from cqd_jax import fileio, main
+
+class FullDiskFile:
+  def __init__(self, f):
+    self.f = f
+  def __enter__(self):
+    return self
+  def __exit__(self, *exc):
+    self.f.close()
+  def write(self, text):
+    self.f.write(text[:10])
+    self.f.flush()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+fileio.open = lambda path, mode="r": FullDiskFile(builtins.open(path, mode))
+main.run()
+"""
+
+
+def test_full_disk_is_one_line_error(tmp_path):
+  workdir = tmp_path / "work"
+  line = error_line(run_cli(workdir, main=("-c", _FULL_DISK_MAIN)))
+  assert "No space left on device" in line and str(workdir / "config.json") in line, line
+  assert list(workdir.iterdir()) == []  # Neither config.json nor its temporary file.
 
 
 def test_verbose_shows_traceback(tmp_path):
