@@ -1,10 +1,12 @@
-"""Config checks that run before any work: names resolve, numbers are in range, and a workdir is never
-silently reused with a config that would change its results.
+"""Config checks that run before any work: names resolve, numbers are finite and in range, the splits exist,
+batches split evenly over the devices, and a workdir is never silently reused with a config that would change
+its results.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -33,16 +35,25 @@ def _check_number(config: ml_collections.ConfigDict, key: str, kind: type, low: 
   value = _get(config, key)
   if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
     raise ConfigError(f"config key {key}={value!r} must be a{'n integer' if kind is int else ' number'}")
+  if not math.isfinite(value):
+    raise ConfigError(f"config key {key}={value!r} must be a finite number")
   if value < low or (strict and value == low):
     raise ConfigError(f"config key {key}={value!r} must be {'>' if strict else '>='} {low}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError (or ValueError from a registry) naming the first bad key."""
-  from cqd_jax import degrade, losses, methods, models  # JAX-heavy imports, only when validating.
+  """Raises ConfigError (or ValueError from a registry) naming the first bad key.
+
+  Runs before the workdir's config.json is written, so that a corrected config is not refused as a changed
+  one. Counts JAX's devices (the batch sizes must split evenly over them), which starts JAX's backend.
+  """
+  from cqd_jax import degrade, losses, methods, models, train  # JAX-heavy imports, only when validating.
+  from cqd_jax.data import registry
 
   for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every"):
     _check_number(config, key, int, 0, strict=True)
+  for key in ("batch_size", "eval_batch_size"):
+    train.check_batch_size(config[key], key)
   _check_number(config, "image_size", int, 16, strict=False)
   _check_number(config, "optimizer.lr", float, 0, strict=True)
   _check_number(config, "optimizer.end_lr", float, 0, strict=False)
@@ -54,6 +65,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.augment.crop_margin >= 1:
     raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
   losses.get_distill_loss(config.distill.loss)
+  dataset = _get(config, "dataset.name")
+  if dataset not in registry.DATASETS:
+    raise ConfigError(f"config key dataset.name={dataset!r}: unknown data set; known: "
+                      f"{', '.join(sorted(registry.DATASETS))}")
+  try:
+    registry.check_options(dataset, **_get(config, "dataset.options").to_dict())
+  except ValueError as e:
+    raise ConfigError(f"config key dataset.options: {e}") from None
+  for key in ("eval_split", "validation_split"):
+    if key == "eval_split" or config.get(key):  # validation_split: "" (or absent) means none.
+      split = _get(config, key)
+      try:
+        registry.check_split(dataset, split)
+      except ValueError as e:
+        raise ConfigError(f"config key {key}={split!r}: {e}") from None
   if not config.methods:
     raise ConfigError("config key methods is empty")
   for name in config.methods:

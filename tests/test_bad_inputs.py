@@ -1,15 +1,19 @@
-"""Bad inputs that tests/test_cli.py does not run through `cqd_jax.main`: a full disk while writing an output.
+"""Bad inputs that tests/test_cli.py does not run through `cqd_jax.main`: a full disk while writing an output,
+and split names that the data set does not have.
 """
 
 from __future__ import annotations
 
 import builtins
 import errno
+import importlib.util
 import os
 
 import pytest
 
+from cqd_jax import config_lib
 from cqd_jax import fileio
+import helpers
 
 ROOM = 10  # Bytes a "full disk" still takes before a write fails.
 
@@ -63,3 +67,30 @@ def test_atomic_path_names_the_target_of_any_failed_write(tmp_path):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
   assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
   assert os.listdir(tmp_path) == []
+
+
+def _demo_config():
+  spec = importlib.util.spec_from_file_location("demo", os.path.join(helpers.REPO, "configs", "demo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("lowres")
+
+
+@pytest.mark.parametrize("split", ["test", "validation", "train[:90%]", "test[:8]"])
+def test_split_names_and_slices_are_accepted(split):
+  config = _demo_config()
+  config.eval_split = split
+  config_lib.validate(config)
+
+
+@pytest.mark.parametrize("key, split, match", [
+    ("eval_split", "val", r"config key eval_split='val': .*no split 'val'; available: train, validation, test"),
+    ("eval_split", "test+train", r"config key eval_split='test\+train': .*no split 'test\+train'"),
+    ("eval_split", "test[:5%", r"config key eval_split='test\[:5%': malformed split"),
+    ("validation_split", "valid", r"config key validation_split='valid': .*no split 'valid'; available: train"),
+])
+def test_missing_split_names_the_key_and_the_splits(key, split, match):
+  config = _demo_config()
+  config[key] = split
+  with pytest.raises(config_lib.ConfigError, match=match):
+    config_lib.validate(config)

@@ -18,14 +18,14 @@ import helpers
 TIMEOUT = 300
 
 
-def run_cli(workdir, *extra: str, base: bool = True,
+def run_cli(workdir, *extra: str, base: bool = True, num_devices: int | None = None,
             main: tuple[str, ...] = ("-m", "cqd_jax.main")) -> subprocess.CompletedProcess:
-  """Runs the command line (`main`: how python starts it)."""
+  """Runs the command line (`main`: how python starts it) on `num_devices` forced CPU devices."""
   args = [sys.executable, *main, f"--workdir={workdir}"]
   args += helpers.CLI_TINY_ARGS if base else []
   args += list(extra)
-  return subprocess.run(args, cwd=helpers.REPO, env=helpers.subprocess_env(), capture_output=True, text=True,
-                        timeout=TIMEOUT)
+  return subprocess.run(args, cwd=helpers.REPO, env=helpers.subprocess_env(num_devices), capture_output=True,
+                        text=True, timeout=TIMEOUT)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -103,20 +103,46 @@ def test_rerun_skips_finished_stages(finished):
 
 # ----------------------------------------------------------------------------------------- one-line errors
 
+def assert_nothing_written(workdir) -> None:
+  """A config refused before any work leaves no config.json (a corrected re-run would be refused as a changed
+  config), no data set and no stages."""
+  for name in ("config.json", "data", "stages"):
+    assert not (workdir / name).exists(), name
+
+
 @pytest.mark.parametrize("override,culprits", [
     ("--config.methods=('nope',)", ["methods", "nope"]),
     ("--config.degradations.lowres.b=crop+blurry", ["degradations.lowres.b", "blurry"]),
     ("--config.optimizer.lr=-1", ["optimizer.lr"]),
+    ("--config.optimizer.lr=inf", ["optimizer.lr=inf", "finite"]),
     ("--config.model.name=no_such_net", ["model", "no_such_net"]),
     ("--config.batch_size=0", ["batch_size"]),
+    ("--config.batch_size=-8", ["batch_size=-8", "> 0"]),
     ("--config.distill.loss=kl_x", ["distill.loss", "kl_x"]),
+    ("--config.distill.temperature=-1", ["distill.temperature=-1", "> 0"]),
+    ("--config.distill.temperature=0", ["distill.temperature=0", "> 0"]),
+    ("--config.distill.weight=-5", ["distill.weight=-5", ">= 0"]),
+    ("--config.distill.weight=nan", ["distill.weight=nan", "finite"]),
+    ("--config.dataset.name=nope", ["dataset.name", "nope", "cqd_synthetic"]),
+    ("--config.dataset.options.test_per_class=0", ["dataset.options", "test_per_class", ">= 1"]),
+    ("--config.eval_split=nope", ["eval_split", "'nope'", "available: train, validation, test"]),
+    ("--config.eval_split=test[:5", ["eval_split", "test[:5", "train[:90%]"]),
 ])
 def test_bad_config_value_is_one_line_error(tmp_path, override, culprits):
   workdir = tmp_path / "work"
   line = error_line(run_cli(workdir, override))
   for culprit in culprits:
     assert culprit in line, line
-  assert not (workdir / "stages").exists()
+  assert_nothing_written(workdir)
+
+
+@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
+def test_batch_not_divisible_by_device_count(tmp_path, key):
+  """On 2 (forced CPU) devices a batch of 15 cannot be split: refused before the data set is built."""
+  workdir = tmp_path / "work"
+  line = error_line(run_cli(workdir, f"--config.{key}=15", num_devices=2))
+  assert f"config key {key}=15 " in line and "device count (2)" in line, line
+  assert_nothing_written(workdir)
 
 
 # The command line on a disk that is full: every file fileio writes takes 10 bytes, then fails with ENOSPC.
@@ -223,7 +249,11 @@ def test_corrupt_checkpoint_is_one_line_error(finished, tmp_path):
     (["--config.optimizer.lrr=0.1"], ["lrr"]),
     (["--config=configs/demo.py:nope"], ["nope"]),
     (["--config=configs/no_such_file.py"], ["configs/no_such_file.py"]),
-], ids=["unknown_key", "unknown_nested_key", "typo_key", "config_arg_raises", "missing_config_file"])
+    (["--config.optimizer.lr=abc"], ["--config.optimizer.lr=abc", "float"]),
+    (["--config.distill.temperature=ten"], ["--config.distill.temperature=ten", "float"]),
+    (["--config.batch_size=1.5"], ["--config.batch_size=1.5", "int"]),
+], ids=["unknown_key", "unknown_nested_key", "typo_key", "config_arg_raises", "missing_config_file", "lr_not_number",
+        "temperature_not_number", "batch_size_not_integer"])
 def test_flag_parsing_error_is_one_line(tmp_path, args, culprits):
   """Errors that absl/ml_collections raise while parsing --config also get a one-line `error:`."""
   own_file = any(a.startswith("--config=") for a in args)

@@ -74,6 +74,7 @@ def _check_build(builder, counts, names, filename, path, expected_box) -> dict[s
   images = fx.images(counts)
   records = _records(builder)
   assert {s: len(r) for s, r in records.items()} == fx.EXPECTED_COUNTS
+  assert set(builder.info.splits) == set(registry.SPLITS[builder.name])  # What configs are checked against.
   assert input_pipeline.class_names(builder) == names
   labels = {class_id: label for label, (class_id, _, _) in enumerate(counts)}  # Present ids in id order.
   everything = {f: ex for r in records.values() for f, ex in r.items()}

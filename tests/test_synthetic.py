@@ -44,6 +44,10 @@ def test_class_names_and_bad_specs():
   assert len(names) == 20 and len(set(names)) == 20 and names[0] == "red-black/horizontal"
   with pytest.raises(ValueError, match="num_classes"):
     synthetic.SyntheticSpec(num_classes=21)
+  with pytest.raises(ValueError, match="test_per_class must be >= 1, got 0"):  # TFDS cannot write empty splits.
+    synthetic.SyntheticSpec(test_per_class=0)
+  with pytest.raises(ValueError, match="seed must be >= 0"):
+    synthetic.SyntheticSpec(seed=-1)
   with pytest.raises(ValueError, match="split"):
     SPEC.num_examples("val")
   with pytest.raises(IndexError):

@@ -20,6 +20,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 VALIDATION_PERCENT = 10
+SPLITS = ("train", "validation", "test")  # What `split_records` makes.
 JPEG_QUALITY = 95  # For images re-encoded to RGB JPEG.
 _MAX_LISTED = 5  # Missing files named in an error.
 
@@ -142,7 +143,7 @@ def split_records(records: Iterable[Record],
   `validation` takes round(validation_percent% of n) of each class's n train images (half up: 1 of 5, 3 of
   25), those first in sha256(filename) order, so it depends only on that class's own train images.
   """
-  splits = {"train": [], "validation": [], "test": []}
+  splits: dict[str, list[Record]] = {split: [] for split in SPLITS}
   by_class: dict[int, list[Record]] = {}
   for r in records:
     if r.is_train:

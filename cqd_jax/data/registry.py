@@ -7,12 +7,14 @@ metadata are written, so a build that is interrupted never leaves a directory th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import tensorflow_datasets as tfds
 
 from cqd_jax.data import cars
 from cqd_jax.data import cub
+from cqd_jax.data import paired
 from cqd_jax.data import synthetic
 from cqd_jax.data import synthetic_tfds
 
@@ -42,10 +44,49 @@ DATASETS: dict[str, BuilderFn] = {
 }
 
 
-def get_builder(name: str, data_dir: str, **options) -> tfds.core.DatasetBuilder:
-  """The TFDS builder of data set `name` in `data_dir`; it may or may not be built yet."""
+# The splits each data set has, known before it is built so that a config can be checked up front.
+SPLITS: dict[str, tuple[str, ...]] = {
+    "cqd_synthetic": synthetic.SPLITS,
+    "cub_paired": paired.SPLITS,
+    "cars_paired": paired.SPLITS,
+}
+
+
+def _check_name(name: str) -> None:
   if name not in DATASETS:
     raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))}")
+
+
+def check_split(name: str, split: str) -> None:
+  """Raises ValueError unless `split` is a split of data set `name`, optionally sliced ('train[:90%]').
+
+  Needs no built data set, so a config is checked before anything is built or trained.
+  """
+  _check_name(name)
+  base = split.split("[")[0]
+  if base not in SPLITS[name]:
+    raise ValueError(f"data set {name} has no split {base!r}; available: {', '.join(SPLITS[name])}")
+  try:
+    tfds.core.ReadInstruction.from_spec(split)
+  except ValueError:
+    raise ValueError(f"malformed split {split!r}: expected a split of data set {name} "
+                     f"({', '.join(SPLITS[name])}), optionally sliced as in 'train[:90%]'") from None
+
+
+def check_options(name: str, **options) -> None:
+  """Raises ValueError for an option that data set `name` does not take or a value it refuses; builds nothing."""
+  _check_name(name)
+  known = [f.name for f in dataclasses.fields(synthetic.SyntheticSpec)] if name == "cqd_synthetic" else []
+  if unknown := sorted(set(options) - set(known)):
+    raise ValueError(f"data set {name} has no option {', '.join(unknown)}; "
+                     f"{'options: ' + ', '.join(known) if known else 'it takes none'}")
+  if name == "cqd_synthetic":
+    synthetic.SyntheticSpec(**options)
+
+
+def get_builder(name: str, data_dir: str, **options) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of data set `name` in `data_dir`; it may or may not be built yet."""
+  _check_name(name)
   return DATASETS[name](data_dir, **options)
 
 

@@ -52,6 +52,11 @@ class SyntheticSpec:
       raise ValueError(f"synthetic num_classes must be in [2, {max_classes}], got {self.num_classes}")
     if self.image_size < 32:
       raise ValueError(f"synthetic image_size must be >= 32, got {self.image_size}")
+    for field in ("train_per_class", "validation_per_class", "test_per_class"):  # TFDS refuses empty splits.
+      if getattr(self, field) < 1:
+        raise ValueError(f"synthetic {field} must be >= 1, got {getattr(self, field)}")
+    if self.seed < 0:  # The config name (a directory) holds it as digits.
+      raise ValueError(f"synthetic seed must be >= 0, got {self.seed}")
 
   def num_examples(self, split: str) -> int:
     """Number of examples in `split`."""
