@@ -5,7 +5,11 @@ r"""Builds a registered data set as array_record files (idempotent: a built data
 
 Unset data-set options keep the data set's defaults. cub_paired and cars_paired take no options; their
 manual_dir holds the official archives or their extracted folders (see cqd_jax/data/cub.py and cars.py).
+Bad options and missing, truncated or corrupt files stop the build with one line naming them (`--verbose`:
+the traceback).
 """
+
+import sys
 
 from absl import app
 from absl import flags
@@ -25,13 +29,21 @@ _OPTIONS = {
     "test_per_class": flags.DEFINE_integer("test_per_class", None, "cqd_synthetic: test examples per class."),
     "seed": flags.DEFINE_integer("seed", None, "cqd_synthetic: generator seed."),
 }
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show the traceback of an error.")
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   options = {name: flag.value for name, flag in _OPTIONS.items() if flag.value is not None}
-  builder = registry.prepare(_DATASET.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value, **options)
+  try:
+    registry.check_options(_DATASET.value, **options)
+    builder = registry.prepare(_DATASET.value, _DATA_DIR.value, manual_dir=_MANUAL_DIR.value, **options)
+  except (ValueError, OSError) as e:  # What bad options or source files raise; anything else is a bug.
+    if _VERBOSE.value:
+      raise
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(1)
   print(f"{builder.info.full_name} in {builder.data_path}")
   for split, info in builder.info.splits.items():
     print(f"  {split}: {info.num_examples} examples")

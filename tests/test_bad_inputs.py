@@ -1,5 +1,5 @@
 """Bad inputs that tests/test_cli.py does not run through `cqd_jax.main`: a full disk while writing an output,
-and split names that the data set does not have.
+split names that the data set does not have, and bad options or files given to `python -m data_prep.build`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,14 @@ import builtins
 import errno
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 
 from cqd_jax import config_lib
 from cqd_jax import fileio
+import fixtures_real as fx
 import helpers
 
 ROOM = 10  # Bytes a "full disk" still takes before a write fails.
@@ -94,3 +97,36 @@ def test_missing_split_names_the_key_and_the_splits(key, split, match):
   config[key] = split
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(config)
+
+
+def _build(data_dir, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "data_prep.build", f"--data_dir={data_dir}", *args],
+                        cwd=helpers.REPO, env=helpers.subprocess_env(), capture_output=True, text=True, timeout=120)
+
+
+def _corrupt_cub(manual) -> None:
+  root = fx.write_cub(manual)
+  (root / "images" / fx.cub_filename(fx.images(fx.CUB_COUNTS)[5])).write_bytes(b"not an image")
+
+
+@pytest.mark.parametrize("args, culprits", [
+    (["--dataset=cqd_synthetic", "--num_classes=50"], ["num_classes", "[2, 20]", "50"]),
+    (["--dataset=cqd_synthetic", "--test_per_class=0"], ["test_per_class", ">= 1"]),
+    (["--dataset=cub_paired", "--num_classes=5"], ["cub_paired", "num_classes", "takes none"]),
+    (["--dataset=cub_paired", "--manual_dir={tmp}/nowhere"], ["{tmp}/nowhere", "does not exist or is empty"]),
+    (["--dataset=cub_paired", "--manual_dir={tmp}/manual"], ["corrupt image", "Laysan_Albatross_0006_5.jpg"]),
+], ids=["bad_option", "empty_split", "option_of_another_data_set", "absent_manual_dir", "corrupt_image"])
+def test_build_errors_are_one_line(tmp_path, args, culprits):
+  if "--manual_dir={tmp}/manual" in args:
+    _corrupt_cub(tmp_path / "manual")
+  result = _build(tmp_path / "data", *(a.format(tmp=tmp_path) for a in args))
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-4000:]
+  [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  for culprit in culprits:
+    assert culprit.format(tmp=tmp_path) in line, line
+  assert not list((tmp_path / "data").glob("**/1.0.0"))  # No data set version directory.
+
+
+def test_build_error_with_verbose_shows_the_traceback(tmp_path):
+  result = _build(tmp_path / "data", "--dataset=cqd_synthetic", "--num_classes=50", "--verbose")
+  assert result.returncode != 0 and "Traceback" in result.stderr and "num_classes" in result.stderr
