@@ -1,5 +1,8 @@
 r"""Builds a registered data set as array_record files (idempotent: a built data set is left as it is).
 
+A build that is killed leaves no data set that reads as complete; running the command again builds it from
+scratch, to the same examples.
+
   python -m data_prep.build --dataset=cqd_synthetic --data_dir=/tmp/cqd_data --num_classes=20 --image_size=64
   python -m data_prep.build --dataset=cub_paired --manual_dir=/data/cub --data_dir=/tmp/cqd_data
 

@@ -2,7 +2,8 @@
 
 `prepare` builds a data set once (array_record files, no TensorFlow needed). TFDS writes into a sibling
 `incomplete.XXXXXX_<version>` directory and renames it to `<version>` only after every split and the
-metadata are written, so a build that is interrupted never leaves a directory that reads as complete.
+metadata are written, so a build that is interrupted never leaves a directory that reads as complete; the
+next build starts again from scratch (and warns about the leftover directory, which is never read).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from absl import logging
 import tensorflow_datasets as tfds
 
 from cqd_jax.data import cars
@@ -98,6 +100,9 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
   """
   builder = get_builder(name, data_dir, **options)
   if not builder.is_prepared():
+    if leftovers := sorted(builder.data_path.parent.glob(f"incomplete.*_{builder.data_path.name}")):
+      logging.warning("building %s: %s, left by an interrupted (or a still running) build, is never read; "
+                      "delete it when no build is running", builder.info.full_name, ", ".join(map(str, leftovers)))
     builder.download_and_prepare(file_format="array_record",
                                  download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
