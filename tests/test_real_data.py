@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.io
 
 from cqd_jax import input_pipeline
+from cqd_jax.data import paired
 from cqd_jax.data import registry
 import fixtures_real as fx
 
@@ -34,6 +37,13 @@ def _expected_validation(images: list[fx.FixtureImage], filename) -> set[str]:
                    key=lambda n: hashlib.sha256(n.encode()).hexdigest())
     chosen |= set(names[:(len(names) * 10 + 50) // 100])
   return chosen
+
+
+def _reencoded(path: pathlib.Path) -> np.ndarray:
+  """The pixels the builders store for a grayscale, CMYK or PNG source: its RGB conversion, JPEG-coded once."""
+  buf = io.BytesIO()
+  Image.fromarray(fx.decoded(path)).save(buf, format="JPEG", quality=paired.JPEG_QUALITY)
+  return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
 def _assert_not_built(builder) -> None:
@@ -67,7 +77,8 @@ def cars_builder(cars_manual, tmp_path_factory):
 
 
 def _check_build(builder, counts, names, filename, path, expected_box) -> dict[str, dict]:
-  """Checks counts, names, remapped labels, boxes, RGB images (original bytes kept for RGB JPEGs), validation.
+  """Checks counts, names, remapped labels, boxes, RGB images (original bytes kept for RGB JPEGs, others
+  converted), validation.
 
   Returns every record by filename.
   """
@@ -86,6 +97,8 @@ def _check_build(builder, counts, names, filename, path, expected_box) -> dict[s
     assert ex["image"].shape == (image.size[1], image.size[0], 3) and ex["image"].dtype == np.uint8
     if image.kind == "rgb":  # Stored as the original bytes, so decoded exactly as the original file.
       np.testing.assert_array_equal(ex["image"], fx.decoded(path(image)))
+    else:  # Grayscale, CMYK, PNG named .jpg: converted to RGB (as PIL does) and stored as JPEG.
+      np.testing.assert_array_equal(ex["image"], _reencoded(path(image)))
   np.testing.assert_allclose(everything[filename(images[0])]["bbox"], fx.KNOWN_BOX, atol=1e-6)
   assert set(records["test"]) == {filename(i) for i in images if not i.is_train}
   assert set(records["validation"]) == _expected_validation(images, filename)
