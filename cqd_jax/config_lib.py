@@ -15,7 +15,9 @@ import ml_collections
 from cqd_jax import fileio
 
 # Keys that change how a run is shown or paced but not its results; they may differ on resume.
-COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "eval_batch_size")
+COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "eval_batch_size",
+                 "keep_checkpoints", "validation_split")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -50,7 +52,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from cqd_jax import degrade, losses, methods, models, train  # JAX-heavy imports, only when validating.
   from cqd_jax.data import registry
 
-  for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every"):
+  for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     _check_number(config, key, int, 0, strict=True)
   for key in ("batch_size", "eval_batch_size"):
     train.check_batch_size(config[key], key)
@@ -80,6 +82,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         registry.check_split(dataset, split)
       except ValueError as e:
         raise ConfigError(f"config key {key}={split!r}: {e}") from None
+  if _get(config, "on_nonfinite") not in NONFINITE_POLICIES:
+    raise ConfigError(f"config key on_nonfinite={config.on_nonfinite!r} must be one of {NONFINITE_POLICIES}")
   if not config.methods:
     raise ConfigError("config key methods is empty")
   for name in config.methods:
@@ -156,5 +160,12 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.eval_batch_size = 128
   config.log_every = 50
   config.checkpoint_every = 500
+  # Checkpoints every checkpoint_every steps and at the end; the latest keep_checkpoints are kept, plus the
+  # one scoring best on validation_split ("" = no validation while training; results use the last model).
+  config.keep_checkpoints = 2
+  config.validation_split = "validation"
+  # A step whose loss or gradient is not finite is never applied: "stop" ends the run naming the step and
+  # the last good checkpoint, "skip" counts such steps and goes on.
+  config.on_nonfinite = "stop"
   config.progress_bar = True
   return config

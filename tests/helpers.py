@@ -115,7 +115,7 @@ def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int
   teacher = init_variables(model, seed + 100) if method.needs_teacher else None
   tx, _ = train.make_optimizer(optimizer_config(), num_steps)
   state = train.create_train_state(model, jax.random.key(seed), IMAGE_SIZE, tx,
-                                   teacher if method.init_from_teacher else None)
+                                   teacher if method.init_from_teacher else None, step_rng=jax.random.key(seed + 2))
   mesh = train.data_mesh()
   view_a, view_b = views()
   step = train.jit_train_step(mesh, method=method, view_a=view_a, view_b=view_b,
@@ -124,10 +124,9 @@ def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int
   state = train.replicate(state, mesh)
   teacher_vars = train.replicate(teacher, mesh) if method.distill else None
   batch = train.shard_batch(tiny_batch(batch_size, seed=seed + 1), mesh)
-  rng = jax.random.key(seed + 2)
   out = {}
   for i in range(num_steps):
-    state, metrics = step(state, teacher_vars, batch, rng)
+    state, metrics = step(state, teacher_vars, batch)
     out[f"loss_{i}"] = np.asarray(metrics["loss"])
   out.update({f"variables{k}": v for k, v in flatten(jax.device_get(state.variables)).items()})
   out["step"] = np.asarray(state.step)
@@ -148,3 +147,10 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   main(sys.argv[1:])
+
+
+def cli_tiny_args(*overrides: str) -> list[str]:
+  """CLI_TINY_ARGS with `overrides` (`--config.key=value`) replacing the same keys; needed because
+  ml_collections appends (rather than replaces) a repeated tuple flag such as --config.methods."""
+  keys = {o.split("=", 1)[0] for o in overrides}
+  return [a for a in CLI_TINY_ARGS if a.split("=", 1)[0] not in keys] + list(overrides)

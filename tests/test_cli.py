@@ -241,6 +241,20 @@ def test_corrupt_checkpoint_is_one_line_error(finished, tmp_path):
   assert not (stage / "result.json").exists()
 
 
+@pytest.mark.parametrize("change", ["--config.model.options.widths=(8,32)",
+                                    "--config.dataset.options.num_classes=3"], ids=["architecture", "classes"])
+def test_teacher_from_another_model_is_one_line_error(finished, tmp_path, change):
+  """A teacher checkpoint that does not fit the configured model: a clear error, not a shape traceback."""
+  source, _, _ = finished
+  workdir = tmp_path / "work"
+  shutil.copytree(source, workdir)
+  shutil.rmtree(workdir / "stages" / "lowres__cqd")  # needs the (finished) teacher again
+  line = error_line(run_cli(workdir, change, "--allow_config_change"))
+  assert str(workdir / "stages" / "train_a@crop" / "checkpoints") in line, line
+  assert "another model/class count" in line, line
+  assert not (workdir / "stages" / "lowres__cqd" / "result.json").exists()
+
+
 # ------------------------------------------------------------------------------------ flag-parsing errors
 
 @pytest.mark.parametrize("args,culprits", [
