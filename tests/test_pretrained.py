@@ -20,6 +20,7 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
+from cqd_jax import models
 from cqd_jax import pretrained
 from cqd_jax.models import IMAGENET_MEAN, IMAGENET_STD, get_model
 
@@ -241,8 +242,7 @@ def test_init_variables(tmp_path, resnet18):
   path = tmp_path / "resnet18.npz"
   np.savez(path, **_as_torch(resnet18))
   model, rng = get_model("resnet18", 7), jax.random.key(3)
-  _assert_trees_equal(pretrained.init_variables(model, rng, 32, ""), model.init(rng, jnp.zeros((1, 32, 32, 3)),
-                                                                                 train=False))
+  _assert_trees_equal(pretrained.init_variables(model, rng, 32, ""), models.init_variables(model, rng, 32))
   variables = pretrained.init_variables(model, rng, 32, str(path))
   assert variables["params"]["head"]["kernel"].shape == (512, 7)
   np.testing.assert_array_equal(variables["params"]["conv1"]["kernel"], resnet18["params"]["conv1"]["kernel"])

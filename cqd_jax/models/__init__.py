@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from cqd_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, count_params, normalize_images
+from cqd_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, count_params, init_variables, normalize_images
+from cqd_jax.models.efficientnet_lite import (EfficientNetLite, EfficientNetLite0, EfficientNetLite1,
+                                             EfficientNetLite2)
 from cqd_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
 from cqd_jax.models.small_cnn import SmallCNN
 from cqd_jax.models.vgg import VGG, VGG16
@@ -23,6 +25,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "resnet50": ResNet50,
     "vgg16": VGG16,
+    "efficientnet_lite0": EfficientNetLite0,
+    "efficientnet_lite1": EfficientNetLite1,
+    "efficientnet_lite2": EfficientNetLite2,
 }
 
 
@@ -48,7 +53,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "ResNet", "ResNet18",
-    "ResNet50", "SmallCNN", "VGG", "VGG16", "VGGM", "count_params", "get_model", "model_options",
-    "normalize_images",
+    "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
+    "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "ResNet", "ResNet18", "ResNet50", "SmallCNN",
+    "VGG", "VGG16", "VGGM", "count_params", "get_model", "init_variables", "model_options", "normalize_images",
 ]

@@ -30,6 +30,13 @@ def batch_norm(train: bool, dtype: Dtype) -> ModuleDef:
       nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
 
 
+def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[str, Any]:
+  """Random variables of `model` for image_size x image_size inputs, made by one compiled program (eager
+  initialisation dispatches every op of the forward pass separately: 27 s for EfficientNet-Lite0 on CPU)."""
+  init = lambda rng: model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+  return jax.jit(init)(rng)
+
+
 def count_params(variables: Any) -> int:
   """Number of trainable scalars: the "params" collection if present (buffers such as batch_stats excluded)."""
   if isinstance(variables, dict) and "params" in variables:
