@@ -9,6 +9,7 @@ final variables to an .npz; tests/test_train.py runs it with 1 and with 4 forced
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from typing import Any
@@ -154,3 +155,24 @@ def cli_tiny_args(*overrides: str) -> list[str]:
   ml_collections appends (rather than replaces) a repeated tuple flag such as --config.methods."""
   keys = {o.split("=", 1)[0] for o in overrides}
   return [a for a in CLI_TINY_ARGS if a.split("=", 1)[0] not in keys] + list(overrides)
+
+
+FULL_DISK_ROOM = 10  # Bytes a "full disk" still takes before a write fails.
+
+
+class FullDiskFile:
+  """A file opened for writing on a disk with FULL_DISK_ROOM bytes left: the first write stores those and fails."""
+
+  def __init__(self, f):
+    self.f = f
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.f.close()
+
+  def write(self, data):
+    self.f.write(data[:FULL_DISK_ROOM])
+    self.f.flush()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -18,31 +18,13 @@ from cqd_jax import fileio
 import fixtures_real as fx
 import helpers
 
-ROOM = 10  # Bytes a "full disk" still takes before a write fails.
-
-
-class _FullDiskFile:
-  """A file opened for writing on a disk with ROOM bytes left: the first write stores those and fails."""
-
-  def __init__(self, f):
-    self.f = f
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.f.close()
-
-  def write(self, data):
-    self.f.write(data[:ROOM])
-    self.f.flush()
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+ROOM = helpers.FULL_DISK_ROOM
 
 
 @pytest.fixture
 def full_disk(monkeypatch):
   """fileio's writes fail with ENOSPC after ROOM bytes, as on a full disk."""
-  monkeypatch.setattr(fileio, "open", lambda path, mode="r": _FullDiskFile(builtins.open(path, mode)),
+  monkeypatch.setattr(fileio, "open", lambda path, mode="r": helpers.FullDiskFile(builtins.open(path, mode)),
                       raising=False)
 
 

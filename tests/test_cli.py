@@ -147,22 +147,12 @@ def test_batch_not_divisible_by_device_count(tmp_path, key):
 
 # The command line on a disk that is full: every file fileio writes takes 10 bytes, then fails with ENOSPC.
 _FULL_DISK_MAIN = """
-import builtins, errno, os
+import builtins, sys
+sys.path.insert(0, "tests")
+import helpers
 from cqd_jax import fileio, main
 
-class FullDiskFile:
-  def __init__(self, f):
-    self.f = f
-  def __enter__(self):
-    return self
-  def __exit__(self, *exc):
-    self.f.close()
-  def write(self, text):
-    self.f.write(text[:10])
-    self.f.flush()
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-fileio.open = lambda path, mode="r": FullDiskFile(builtins.open(path, mode))
+fileio.open = lambda path, mode="r": helpers.FullDiskFile(builtins.open(path, mode))
 main.run()
 """
 
