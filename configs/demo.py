@@ -15,6 +15,8 @@ localize_lowres.
 
 import ml_collections
 
+from cqd_jax import config_lib
+
 # High-quality view A and degraded view B of every demo degradation (cqd_jax.degrade op names, '+' composes).
 DEGRADATIONS = {
     "lowres": {"a": "crop", "b": "crop+lowres"},
@@ -27,11 +29,7 @@ DEGRADATIONS = {
 
 def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   """The demo config; `arg` lists the degradations to run."""
-  names = [n.strip() for n in arg.split(",") if n.strip()]
-  unknown = [n for n in names if n not in DEGRADATIONS]
-  if unknown:
-    raise ValueError(f"configs/demo.py: unknown degradation {unknown[0]!r}; known: {', '.join(DEGRADATIONS)}")
-
+  degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/demo.py")
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -46,7 +44,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.eval_split = "test"
 
   config.image_size = 32
-  config.degradations = {n: DEGRADATIONS[n] for n in names}
+  config.degradations = degradations
   # 32 -> 8 -> 32 px is the paper's 224 -> 50 -> 224 ratio, a little stronger. The paper's TPS noise
   # (variance 4 px at 224 px) moves points by 0.3 px at 32 px, invisible here, so the demo uses 4x the
   # variance (std 4 px at 224 px, 0.6 px at 32 px).

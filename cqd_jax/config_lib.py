@@ -169,3 +169,38 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.on_nonfinite = "stop"
   config.progress_bar = True
   return config
+
+
+def pick_degradations(arg: str, known: dict[str, dict[str, str]], config_file: str) -> dict[str, dict[str, str]]:
+  """The degradations a config argument names (comma-separated), e.g. `configs/demo.py:lowres,edges`."""
+  names = [n.strip() for n in arg.split(",") if n.strip()]
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise ValueError(f"{config_file}: unknown degradation {(unknown or [arg])[0]!r}; known: {', '.join(known)}")
+  return {n: known[n] for n in names}
+
+
+def cpu_subset_base(dataset: str, manual_dir: str, *, train_images: int, distill_weight: float, epochs: int,
+                    image_size: int = 160) -> ml_collections.ConfigDict:
+  """The paper's protocol shrunk to run on a 2-core CPU: ImageNet EfficientNet-Lite0, `image_size` px, batch 32.
+
+  Resolution-dependent degradations are scaled from the paper's 224 px (low resolution 50 px -> 50 * s,
+  TPS variance 4 px^2 -> 4 * s^2, s = image_size / 224).
+  """
+  config = paper_base(dataset, train_images=train_images, distill_weight=distill_weight)
+  scale = image_size / 224
+  config.dataset.manual_dir = manual_dir
+  config.dataset.storage_size = round(image_size * 8 / 7)  # room for the crops: the box is cut from it
+  config.image_size = image_size
+  config.degrade_params = {"lowres": {"low": round(50 * scale)}, "distort": {"grid": 14, "variance": 4.0 * scale**2}}
+  config.methods = ("train_a", "train_b", "a_then_b", "cqd", "a_cqd")
+  # BatchNorm statistics that follow the new domain within the few hundred steps of a CPU run.
+  config.model = dict(name="efficientnet_lite0", options={"bn_momentum": 0.9}, init_from="imagenet:efficientnet_lite0")
+  config.optimizer.lr = 0.01
+  config.optimizer.end_lr = 0.0005
+  config.batch_size = 32
+  config.eval_batch_size = 64
+  config.num_steps = epochs * train_images // config.batch_size
+  config.log_every = 10
+  config.checkpoint_every = 50
+  return config

@@ -13,14 +13,16 @@ from cqd_jax import config_lib
 from cqd_jax import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "c*_*.py")))
+PAPER_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "c*_*.py")) if not p.endswith("_subset.py"))
+SUBSET_CONFIGS = {"cub_subset": ("localization", "lowres", "edges", "distortion", "localization_lowres"),
+                  "cars_subset": ("lowres", "edges")}
 
 
-def _load(path):
+def _load(path, *args):
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 def test_all_seven_paper_configs_exist():
@@ -43,6 +45,21 @@ def test_paper_config_has_the_papers_protocol(path):
   assert deg.a == ("crop" if is_cub else "full")
   stages = [s.name for s in experiment.plan(config)]
   assert stages[0].startswith("train_a@") and len(stages) == 6
+
+
+@pytest.mark.parametrize("name, arg", [(n, a) for n, args in SUBSET_CONFIGS.items() for a in args])
+def test_cpu_subset_configs(name, arg):
+  """configs/{cub,cars}_subset.py:<degradation>: the CPU-sized protocol from ImageNet EfficientNet-Lite0."""
+  config = _load(os.path.join(REPO, "configs", f"{name}.py"), arg)
+  config_lib.validate(config)
+  assert list(config.degradations) == [arg]
+  assert (config.model.name, config.model.init_from) == ("efficientnet_lite0", "imagenet:efficientnet_lite0")
+  assert config.dataset.manual_dir.endswith(os.path.join("shared", "data", name))
+  assert config.distill.weight == (200.0 if name == "cub_subset" else 50.0) and config.distill.temperature == 10.0
+  assert config.image_size == 160 and config.degrade_params.lowres.low == 36
+  assert [s.method for s in experiment.plan(config)] == ["train_a", "train_b", "a_then_b", "cqd", "a_cqd"]
+  with pytest.raises(ValueError, match=f"configs/{name}.py: unknown degradation 'blur'"):
+    _load(os.path.join(REPO, "configs", f"{name}.py"), "blur")
 
 
 def test_cub_lowres_runs_end_to_end_on_a_fixture(tmp_path):

@@ -1,8 +1,8 @@
 """EfficientNet-Lite0..2 (Tan & Le, 2019; the "Lite" variants for mobile accelerators), ImageNet-importable.
 
 Lite differs from EfficientNet-B*: ReLU6 instead of swish, no squeeze-excitation, and the stem (32), head
-(1280) and the repeats of the first and last stage are not scaled. BatchNorm uses TF's epsilon 1e-3 and
-momentum 0.99; convolutions use TF-"same" padding, which the ImageNet weights (ported from TF) expect.
+(1280) and the repeats of the first and last stage are not scaled. BatchNorm uses TF's epsilon 1e-3 (and
+momentum 0.99 by default); convolutions use TF-"same" padding, which the ImageNet weights (ported from TF) expect.
 Depthwise convolutions are `DepthwiseConv`, fast on CPU (shifted multiply-adds) and XLA's grouped
 convolution elsewhere.
 
@@ -86,6 +86,7 @@ class EfficientNetLite(nn.Module):
   num_classes: int
   variant: str = "lite0"
   dropout_rate: float | None = None  # None: the variant's (0.2 / 0.2 / 0.3)
+  bn_momentum: float = 0.99  # TF's; fine-tuning a few hundred steps on a new domain wants faster statistics
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -93,7 +94,7 @@ class EfficientNetLite(nn.Module):
     if self.variant not in VARIANTS:
       raise ValueError(f"unknown EfficientNet-Lite variant {self.variant!r}; known: {sorted(VARIANTS)}")
     width, depth, _, default_dropout = VARIANTS[self.variant]
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.99, epsilon=1e-3,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3,
                              dtype=self.dtype)
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f"Expected NHWC RGB images with 3 channels, got shape {x.shape}.")
