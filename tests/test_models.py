@@ -160,7 +160,7 @@ def test_jit_matches_eager(built):
   if name == "resnet50":
     pytest.skip("same code path as resnet18; saves a slow CPU compile")
   if name.startswith("efficientnet"):
-    pytest.skip("eager dispatch of its unrolled depthwise taps takes minutes on CPU; the train tests jit it")
+    pytest.skip("eager dispatch of the whole net takes ~30 s on CPU; tests/test_depthwise.py checks jit vs eager")
   # Batch 4: train-mode BN over only 2 values per channel (1x1 maps in resnet18's layer4 at 32 px)
   # is ill-conditioned and amplifies harmless float reordering between jit and eager.
   x = _images(7, 4)
