@@ -128,7 +128,8 @@ class Runner:
     """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from)."""
     tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
     seed = jax.random.key(self.config.seed)
-    rng, step_rng = jax.random.fold_in(seed, _stable_hash(stage.name)), jax.random.fold_in(seed, 1 + _stable_hash(stage.name))
+    rng = jax.random.fold_in(seed, _stable_hash(stage.name))  # initialisation
+    step_rng = jax.random.fold_in(seed, 1 + _stable_hash(stage.name))  # augmentation and views, per step
     model = self._model_for(stage)
     if variables is None:
       model_config = self.config.teacher_model if model is not self.student else self.config.model

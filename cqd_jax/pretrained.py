@@ -5,9 +5,10 @@ format). Torch files are read by a restricted unpickler that never imports torch
 from the file: it resolves only the tensor-rebuild functions, the storage types and `collections.OrderedDict`
 to inert local stand-ins, and refuses every other global before anything runs.
 
-Names and layouts follow `cqd_jax.models.resnet` and `cqd_jax.models.vgg` (torchvision
-`layer1.0.conv1.weight` -> Flax `layer1_0/conv1/kernel`, OIHW -> HWIO, ...). The models normalise with the ImageNet mean/std themselves, as
-torchvision's preprocessing does, so converted weights see the inputs they were trained on.
+Names and layouts follow `cqd_jax.models.resnet`, `vgg` and `efficientnet_lite` (torchvision
+`layer1.0.conv1.weight` -> Flax `layer1_0/conv1/kernel`, OIHW -> HWIO, ...). The models normalise their
+inputs themselves as their weights were trained (ImageNet mean/std; EfficientNet-Lite (255x - 127) / 128),
+so converted weights see the inputs they were trained on.
 """
 
 import collections

@@ -18,8 +18,8 @@ DIVERGE = ["--config.optimizer.lr=1e30", "--config.methods=('train_a',)", "--con
 
 def _run(workdir, *extra: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "cqd_jax.main", f"--workdir={workdir}",
-                         *helpers.cli_tiny_args(*DIVERGE, *extra)], cwd=helpers.REPO, env=helpers.subprocess_env(), capture_output=True,
-                        text=True, timeout=300)
+                         *helpers.cli_tiny_args(*DIVERGE, *extra)], cwd=helpers.REPO, env=helpers.subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
 
 
 def _saved_arrays(workdir):
