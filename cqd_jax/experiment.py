@@ -216,7 +216,7 @@ class Runner:
           if val is not None:
             writer.write_scalars(done, val)
           checkpoint.save(manager, done, jax.device_get(state), data_iter, metrics=val, force=True)
-        if received and done < config.num_steps:
+        if received:  # also at the last step: the next stages must not start
           manager.wait_until_finished()
           bar.close()
           raise checkpoint.Preempted(
