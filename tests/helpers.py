@@ -150,6 +150,25 @@ if __name__ == "__main__":
   main(sys.argv[1:])
 
 
+def tiny_experiment_config():
+  """configs/demo.py:lowres shrunk to seconds (4 steps, 4 classes, a 2-layer CNN), for in-process runs."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("lowres")
+  config.num_steps = 4
+  config.checkpoint_every = 2
+  config.log_every = 2
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.progress_bar = False
+  config.dataset.options = dict(num_classes=4, image_size=32, train_per_class=5, validation_per_class=1,
+                                test_per_class=2, seed=0)
+  config.model.options.widths = WIDTHS
+  return config
+
+
 def cli_tiny_args(*overrides: str) -> list[str]:
   """CLI_TINY_ARGS with `overrides` (`--config.key=value`) replacing the same keys; needed because
   ml_collections appends (rather than replaces) a repeated tuple flag such as --config.methods."""

@@ -1,6 +1,5 @@
 """A stage interrupted after a checkpoint resumes to exactly the parameters of an uninterrupted run."""
 
-import importlib.util
 import os
 import shutil
 
@@ -9,28 +8,11 @@ import numpy as np
 
 from cqd_jax import experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _tiny_config():
-  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("lowres")
-  config.num_steps = 4
-  config.checkpoint_every = 2
-  config.log_every = 2
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.progress_bar = False
-  config.dataset.options = dict(num_classes=4, image_size=32, train_per_class=5, validation_per_class=1,
-                                test_per_class=2, seed=0)
-  config.model.options.widths = (8, 16)
-  return config
+import helpers
 
 
 def test_resume_after_interruption_is_bit_exact(tmp_path, capsys):
-  config = _tiny_config()
+  config = helpers.tiny_experiment_config()
   workdir = str(tmp_path / "w")
   data = experiment.prepare_data(config, workdir)
   runner = experiment.Runner(config, workdir, data)
