@@ -294,6 +294,14 @@ OPS: dict[str, Op] = {
     "distort": distort,
 }
 
+# Ops whose output depends on the key; every other op is a function of the image and box alone.
+RANDOM_OPS = frozenset({"distort"})
+
+
+def is_random(spec: str) -> bool:
+  """Whether the view `spec` (e.g. "crop+distort") draws random numbers, i.e. is not a fixed function."""
+  return any(name.strip() in RANDOM_OPS for name in spec.split("+"))
+
 
 def _known_ops() -> str:
   """Comma-separated registry names, for error messages."""

@@ -8,7 +8,7 @@ replicated, so the same code runs data-parallel on any number of local devices.
 """
 
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import flax
 import flax.linen as nn
@@ -102,12 +102,17 @@ def to_float(images: jax.Array) -> jax.Array:
   return images.astype(jnp.float32) / 255.0
 
 
-def random_flip(images: jax.Array, boxes: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Horizontal flip of each example with probability 1/2; boxes (ymin, xmin, ymax, xmax) follow."""
-  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
+def flip_images(images: jax.Array, boxes: jax.Array, flip: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Mirrors the examples where `flip` [N] is True; boxes (ymin, xmin, ymax, xmax) follow."""
   images = jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
   flipped = jnp.stack([boxes[:, 0], 1.0 - boxes[:, 3], boxes[:, 2], 1.0 - boxes[:, 1]], axis=-1)
   return images, jnp.where(flip[:, None], flipped, boxes)
+
+
+def random_flip(images: jax.Array, boxes: jax.Array, rng: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Horizontal flip of each example with probability 1/2; returns the images, boxes and the flip mask."""
+  flip = jax.random.bernoulli(rng, 0.5, (images.shape[0],))
+  return *flip_images(images, boxes, flip), flip
 
 
 def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: float) -> tuple[jax.Array, jax.Array]:
@@ -127,23 +132,31 @@ def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: flo
 
 # ---------------------------------------------------------------------------------------------- train step
 
-def train_step(state: TrainState, teacher_variables: Variables | None, batch: Mapping[str, jax.Array], *,
-               method: Method, view_a: View, view_b: View, teacher_apply: Callable[..., jax.Array] | None,
+def train_step(state: TrainState, teacher_variables: Variables | jax.Array | None, batch: Mapping[str, jax.Array],
+               *, method: Method, view_a: View, view_b: View, teacher_apply: Callable[..., jax.Array] | None,
                distill: ml_collections.ConfigDict, flip: bool,
                crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step of `method`: augmentation, views, teacher forward, student forward/backward and update, fused.
 
+  With `teacher_apply=None` a distilling method reads the teacher's logits from `teacher_variables`, then a
+  table [num_records, 2, K] of its logits on view A of every training record, unflipped and flipped
+  (`teacher_logits_table`), indexed by the batch's "index"; the teacher network does not run.
   An update whose loss or gradient is not finite is not applied (parameters, optimizer state and BatchNorm
   statistics stay as they were; the step counter advances past the batch) and is counted in the state.
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   k_flip, k_a, k_b, k_mix = jax.random.split(rng, 4)
   images, boxes = to_float(batch["image"]), batch["bbox"]
+  cached_teacher = method.distill and teacher_apply is None
   if crop_margin > 0:
+    if cached_teacher:
+      raise ValueError("cached teacher logits need a deterministic teacher input: augment.crop_margin must be 0")
     images, boxes = random_crop(images, boxes, jax.random.fold_in(k_flip, 1), crop_margin)
+  flipped = jnp.zeros(images.shape[:1], bool)
   if flip:
-    images, boxes = random_flip(images, boxes, k_flip)
-  x = view_a(images, boxes, k_a)[0] if method.student_input in ("a", "ab") or method.distill else None
+    images, boxes, flipped = random_flip(images, boxes, k_flip)
+  needs_x = method.student_input in ("a", "ab") or (method.distill and not cached_teacher)
+  x = view_a(images, boxes, k_a)[0] if needs_x else None
   z = view_b(images, boxes, k_b)[0] if method.student_input in ("b", "ab") else None
   if method.student_input == "ab":
     pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
@@ -151,7 +164,9 @@ def train_step(state: TrainState, teacher_variables: Variables | None, batch: Ma
   else:
     inputs = x if method.student_input == "a" else z
   teacher_logits = None
-  if method.distill:
+  if cached_teacher:
+    teacher_logits = teacher_variables[batch["index"], flipped.astype(jnp.int32)]
+  elif method.distill:
     teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, x, train=False))
   labels = batch["label"]
 
@@ -182,6 +197,30 @@ def train_step(state: TrainState, teacher_variables: Variables | None, batch: Ma
       last_skipped=jnp.where(finite, state.last_skipped, updated.step))
   metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": state.skipped, **aux}
   return state, metrics
+
+
+def teacher_logits_table(teacher_apply: Callable[..., jax.Array], teacher_variables: Variables, view_a: View,
+                         batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh) -> np.ndarray:
+  """The teacher's logits [num_records, 2, K] on view A of each record, as stored and mirrored.
+
+  `batches` are ordered padded batches of the training split (input_pipeline.eval_batches); row i of the
+  table belongs to record i. Computed once per teacher, it replaces the teacher's forward pass in every
+  step when view A is deterministic and flipping is the only augmentation, so a long run saves most of the
+  teacher's cost (one forward pass per image and step against two per image in all).
+  """
+  def both_flips(variables, batch):
+    images, boxes = to_float(batch["image"]), batch["bbox"]
+    out = []
+    for flip in (False, True):
+      flipped = flip_images(images, boxes, jnp.full(images.shape[:1], flip))
+      out.append(teacher_apply(variables, view_a(*flipped, jax.random.key(0))[0], train=False))
+    return jnp.stack(out, axis=1)
+
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  fn = jax.jit(both_flips, in_shardings=(replicated, data), out_shardings=replicated)
+  variables = replicate(teacher_variables, mesh)
+  rows = [np.asarray(fn(variables, shard_batch(b, mesh)))[b["mask"]] for b in batches]
+  return np.concatenate(rows)
 
 
 # -------------------------------------------------------------------------------------------------- eval

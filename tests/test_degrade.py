@@ -11,7 +11,7 @@ import pytest
 from cqd_jax import degrade
 
 SIZE = 32
-DETERMINISTIC_OPS = ("full", "identity", "crop", "lowres", "grayscale", "edges")
+DETERMINISTIC_OPS = tuple(sorted(set(degrade.OPS) - degrade.RANDOM_OPS))
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,6 +92,15 @@ def test_batch_equals_per_example(name):
     single, single_boxes = _apply(name, images[i:i + 1], boxes[i:i + 1])
     np.testing.assert_allclose(batch[i], single[0], atol=1e-5)
     np.testing.assert_allclose(batch_boxes[i], single_boxes[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(degrade.OPS))
+def test_random_ops_are_exactly_those_that_depend_on_the_key(name):
+  """degrade.RANDOM_OPS (what cached teacher logits rely on) matches what each op does with its key."""
+  images = _random_images()
+  outputs = [np.asarray(_apply(name, images, key=jax.random.key(seed))[0]) for seed in (0, 1)]
+  assert (not np.array_equal(*outputs)) == (name in degrade.RANDOM_OPS)
+  assert degrade.is_random(f"crop+{name}") == (name in degrade.RANDOM_OPS)
 
 
 def test_raw_and_typed_keys_give_the_same_result():

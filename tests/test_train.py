@@ -175,6 +175,27 @@ def test_teacher_gets_no_gradient_and_is_not_donated(setup):
   assert np.isfinite(float(metrics["distill"]))
 
 
+def test_cached_teacher_logits_give_the_live_teacher_step(setup):
+  """A step reading the teacher's logits from its table (both flips) equals a step running the teacher."""
+  method, mesh = methods.get_method("cqd"), setup["mesh"]
+  raw = helpers.tiny_batch(BATCH, seed=1)
+  ordered = [{**{k: v[i:i + 3] for k, v in raw.items()}, "mask": np.ones(3, bool)} for i in range(0, BATCH, 3)]
+  last = {k: v[:2] for k, v in ordered[-1].items()}  # records 6 and 7, padded with one masked example
+  ordered[-1] = {k: np.concatenate([v, np.zeros((1, *v.shape[1:]), v.dtype)]) for k, v in last.items()}
+  table = train.teacher_logits_table(setup["model"].apply, setup["teacher"], setup["view_a"], ordered, mesh)
+  assert table.shape == (BATCH, 2, helpers.NUM_CLASSES)
+  assert np.abs(table[:, 0] - table[:, 1]).max() > 1e-4  # mirrored crops score differently
+  cached_step = train.jit_train_step(mesh, method=method, view_a=setup["view_a"], view_b=setup["view_b"],
+                                     teacher_apply=None, distill=helpers.distill_config(), flip=True)
+  batch = train.shard_batch({**raw, "index": np.arange(BATCH, dtype=np.int32)}, mesh)
+  live, live_metrics = _step_fn(setup, method)(_state(setup, method), setup["teacher"], setup["batch"])
+  cached, cached_metrics = cached_step(_state(setup, method), train.replicate(table, mesh), batch)
+  for key in ("loss", "distill", "teacher_agreement"):
+    np.testing.assert_allclose(float(cached_metrics[key]), float(live_metrics[key]), rtol=1e-5)
+  assert _max_abs_diff(helpers.flatten(jax.device_get(cached.params)),
+                       helpers.flatten(jax.device_get(live.params))) < 1e-5
+
+
 # --------------------------------------------------------------------------------------------------- augment
 
 def test_random_flip_moves_boxes_with_images():
@@ -185,11 +206,12 @@ def test_random_flip_moves_boxes_with_images():
   xmin = rng.uniform(0.0, 0.2, n)
   xmax = rng.uniform(0.25, 0.45, n)
   boxes = np.stack([np.full(n, 0.1), xmin, np.full(n, 0.9), xmax], axis=1).astype(np.float32)
-  out_images, out_boxes = train.random_flip(images, jnp.asarray(boxes), jax.random.key(0))
+  out_images, out_boxes, mask = train.random_flip(images, jnp.asarray(boxes), jax.random.key(0))
   out_images, out_boxes = np.asarray(out_images), np.asarray(out_boxes)
   flipped = np.array([np.array_equal(out_images[i], np.asarray(images[i])[:, ::-1]) for i in range(n)])
   unchanged = np.array([np.array_equal(out_images[i], np.asarray(images[i])) for i in range(n)])
   assert np.all(flipped ^ unchanged)
+  np.testing.assert_array_equal(np.asarray(mask), flipped)
   assert 0 < flipped.sum() < n, "with 32 examples both outcomes should occur"
   np.testing.assert_allclose(out_boxes[unchanged], boxes[unchanged])
   # Flipped boxes are in the right half, mirrored: (ymin, 1 - xmax, ymax, 1 - xmin).
@@ -210,7 +232,7 @@ def test_random_flip_then_crop_shows_the_same_object():
   boxes = jnp.asarray(np.tile([0.25, 0.0, 0.75, 0.5], (n, 1)), jnp.float32)
   crop = degrade.make_view("crop", 16)
   key = jax.random.key(5)
-  flipped_images, flipped_boxes = train.random_flip(images, boxes, key)
+  flipped_images, flipped_boxes, _ = train.random_flip(images, boxes, key)
   which = np.asarray(jax.random.bernoulli(key, 0.5, (n,)))  # the draw random_flip makes
   crops = np.asarray(crop(images, boxes, key)[0])
   flipped_crops = np.asarray(crop(flipped_images, flipped_boxes, key)[0])
