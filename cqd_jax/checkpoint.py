@@ -10,10 +10,12 @@ one with the best validation accuracy when steps carry that metric. A later stag
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -70,6 +72,7 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: An
     return None
   items = {"state": ocp.args.StandardRestore(state)}
   if data_iterator is not None:
+    _check_process_count(os.path.join(manager.directory, str(step), "data"))
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   _silence_closed_loop_callbacks()
   try:
@@ -79,6 +82,17 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: An
         f"checkpoint {manager.directory}/{step} cannot be restored ({type(e).__name__}: {_first_line(e)}); "
         "it is corrupt or was written for another model/class count: delete it or use a fresh --workdir"
     ) from e
+
+
+def _check_process_count(data_dir: str) -> None:
+  """Each process saves its own data iterator position (grain: process_<i>-of-<n>.json), so a step resumes
+  only with the number of processes that wrote it."""
+  counts = {int(m.group(1)) for name in (os.listdir(data_dir) if os.path.isdir(data_dir) else [])
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", name))}
+  if counts and jax.process_count() not in counts:
+    raise CheckpointError(
+        f"checkpoint {os.path.dirname(data_dir)} was written by {max(counts)} processes and this run has "
+        f"{jax.process_count()}: resume it with {max(counts)} processes, or use a fresh --workdir")
 
 
 def _silence_closed_loop_callbacks() -> None:

@@ -114,8 +114,12 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool = False) -> None:
-  """Writes workdir/config.json, or refuses a config whose result-changing keys differ from the stored one."""
+def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool = False, write: bool = True
+         ) -> None:
+  """Writes workdir/config.json, or refuses a config whose result-changing keys differ from the stored one.
+
+  With `write=False` it only checks (the processes of a multi-host run all check; process 0 writes).
+  """
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path) and not allow_changes:
@@ -127,7 +131,8 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
     if changed:
       raise ConfigError(f"{path} was written by a run with a different config; differing keys: "
                         f"{', '.join(changed)} (use another --workdir, or --allow_config_change)")
-  fileio.write_text(path, json.dumps(current, indent=2, sort_keys=True))
+  if write:
+    fileio.write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
 def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_collections.ConfigDict:

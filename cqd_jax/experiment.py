@@ -8,6 +8,10 @@ Workdir layout:
   stages/<stage>/result.json   written last, atomically: a stage with it is finished and skipped on re-run
   tensorboard/<stage>/         TensorBoard scalars
   results.csv, results.md      the table (method x test domain x degradation)
+
+With several processes (multihost.py) the workdir is shared by all hosts; each process trains on its own
+shard of the training data and evaluates its own rows of each test batch, all take part in the Orbax
+checkpoints, and process 0 alone writes config.json, result.json, TensorBoard and the tables.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from cqd_jax import degrade
 from cqd_jax import fileio
 from cqd_jax import input_pipeline
 from cqd_jax import models
+from cqd_jax import multihost
 from cqd_jax import pretrained
 from cqd_jax import results
 from cqd_jax import train
@@ -79,11 +84,13 @@ class Data:
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
-  """Builds the TFDS data set if needed (the demo data is generated in a few seconds)."""
+  """Builds the TFDS data set if needed (the demo data is generated in a few seconds); with several processes
+  process 0 builds it and the others then open it."""
   data_dir = os.path.expanduser(config.dataset.data_dir) if config.dataset.data_dir else os.path.join(workdir, "data")
-  builder = registry.prepare(config.dataset.name, data_dir,
-                             manual_dir=os.path.expanduser(config.dataset.manual_dir) or None,
-                             **config.dataset.options.to_dict())
+  with multihost.primary_first("prepare_data"):
+    builder = registry.prepare(config.dataset.name, data_dir,
+                               manual_dir=os.path.expanduser(config.dataset.manual_dir) or None,
+                               **config.dataset.options.to_dict())
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 
 
@@ -96,8 +103,9 @@ def _view(config: ml_collections.ConfigDict, spec: str):
 
 
 def say(message: str) -> None:
-  """A progress line that does not break the progress bars (logging is kept for debugging)."""
-  tqdm.tqdm.write(message, file=sys.stderr)
+  """A progress line that does not break the progress bars (logging is kept for debugging); process 0's only."""
+  if multihost.is_primary():
+    tqdm.tqdm.write(message, file=sys.stderr)
 
 
 def _stable_hash(text: str) -> int:
@@ -191,10 +199,10 @@ class Runner:
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
         teacher_apply=self.teacher_model.apply if method.distill else None, distill=config.distill,
         flip=config.augment.flip, crop_margin=config.augment.crop_margin)
-    writer = writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
-                                  log=False)
+    writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
+                                   log=False) if multihost.is_primary() else writers.NullWriter())
     bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
-                    dynamic_ncols=True, leave=True, disable=not config.progress_bar)
+                    dynamic_ncols=True, leave=True, disable=not config.progress_bar or not multihost.is_primary())
     t0, seen = time.time(), 0
     with _stop_signals() as received:
       for step in range(start, config.num_steps):
@@ -210,18 +218,21 @@ class Runner:
           writer.write_scalars(done, scalars)
           bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
                           ips=f"{scalars['img_per_s']:.0f}")
-        if received or done == config.num_steps or manager.should_save(done):
+        stop = _stop_requested(received, done, config)
+        if stop or done == config.num_steps or manager.should_save(done):
           self._check_finite(stage, state, manager)
           val = self._validate(stage, state) if config.validation_split else None
           if val is not None:
             writer.write_scalars(done, val)
           checkpoint.save(manager, done, jax.device_get(state), data_iter, metrics=val, force=True)
-        if received:  # also at the last step: the next stages must not start
+        if stop:  # also at the last step: the next stages must not start
           manager.wait_until_finished()
           bar.close()
+          signum = received[0] if received else signal.SIGTERM
+          by = signal.Signals(signum).name if received else "a signal to another process"
           raise checkpoint.Preempted(
-              f"stage {stage.name}: stopped by {signal.Signals(received[0]).name} at step {done}; checkpoint "
-              f"{manager.directory}/{done} saved; run the same command again to resume", received[0])
+              f"stage {stage.name}: stopped by {by} at step {done}; checkpoint {manager.directory}/{done} saved; "
+              "run the same command again to resume", signum)
     bar.close()
     skipped = self._check_finite(stage, state, manager)
     if start < config.num_steps:
@@ -264,6 +275,17 @@ class Runner:
     """Accuracy on config.validation_split of the view the stage's model is for (A for the teacher, else B)."""
     acc = self.evaluate(stage, state.variables, stage.view_b, self.config.validation_split)
     return {checkpoint.BEST_METRIC: acc["accuracy_b"]}
+
+
+def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict) -> bool:
+  """Whether to save and stop after step `done`: at once when a signal came, in a single process. The
+  processes of a multi-host run must all stop after the same step, so there a signal to any of them is
+  shared every log_every steps and at the last step (one small collective, where metrics are fetched anyway)."""
+  if jax.process_count() == 1:
+    return bool(received)
+  if done % config.log_every and done != config.num_steps:
+    return False
+  return multihost.any_process(bool(received))
 
 
 def _metric(manager, step: int | None) -> float | None:
@@ -325,7 +347,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
         acc = runner.evaluate(stage, variables, deg.b)
         stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
                            "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"], **summary})
-    fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
+    if multihost.is_primary():
+      fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
     rows.extend(stage_rows)
-  results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)
+  if multihost.is_primary():
+    results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)
   return rows

@@ -61,6 +61,12 @@ class _Decode(grain.transforms.Map):
             "bbox": np.asarray(example["bbox"], np.float32)}
 
 
+def read_threads() -> int:
+  """Threads reading (and decoding) records per process: one per core, at most grain's default of 16, which
+  halves throughput on small (2-core) machines."""
+  return min(16, os.cpu_count() or 1)
+
+
 def train_loader(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int, seed: int,
                  image_size: int | None = None, worker_count: int = 0,
                  shard_options: grain.sharding.ShardOptions | None = None) -> grain.DataLoader:
@@ -73,30 +79,47 @@ def train_loader(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: i
   shard_options = shard_options or grain.sharding.ShardByJaxProcess(drop_remainder=True)
   sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
                                         shuffle=True, num_epochs=None, seed=seed)
-  # grain's default of 16 read threads per process halves throughput on small (2-core) machines.
-  read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1))
+  read_options = grain.ReadOptions(num_threads=read_threads())
   return grain.DataLoader(
       data_source=source, sampler=sampler, worker_count=worker_count, read_options=read_options,
       operations=[_Decode(image_size), grain.transforms.Batch(batch_size, drop_remainder=True)])
 
 
-def _pad(batch: Batch, batch_size: int) -> Batch:
-  """Zero-pads every array to `batch_size` rows and adds `mask` (True for real examples)."""
-  n = len(batch["label"])
-  padded = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)])
-            for k, v in batch.items()}
-  padded["mask"] = np.arange(batch_size) < n
-  return padded
+def _stack_padded(examples: list[dict[str, np.ndarray]], size: int, template: dict[str, np.ndarray]) -> Batch:
+  """`examples` stacked and zero-padded to `size` rows (`template` gives the shapes), plus `mask` (True for
+  real examples)."""
+  batch = {k: np.zeros((size, *np.shape(v)), np.asarray(v).dtype) for k, v in template.items()}
+  for i, example in enumerate(examples):
+    for k, v in example.items():
+      batch[k][i] = v
+  batch["mask"] = np.arange(size) < len(examples)
+  return batch
 
 
-def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int,
-                 image_size: int | None = None) -> Iterator[Batch]:
-  """One ordered pass over `split`; the last batch is padded to `batch_size` and `mask` marks real examples."""
+def eval_batches(builder: tfds.core.DatasetBuilder, split: str, *, batch_size: int, image_size: int | None = None,
+                 shard_options: grain.sharding.ShardOptions | None = None) -> Iterator[Batch]:
+  """One ordered pass over `split` in batches of `batch_size` (global), the last padded; `mask` marks real
+  examples.
+
+  Each shard (`shard_options`, default one per JAX process) yields its own contiguous `batch_size / shard_count`
+  rows of every batch, and every shard yields the same number of batches (so each process takes part in
+  every evaluation step): train.shard_batch puts the shards together, in process order, into exactly the
+  single-process batch, so evaluation gives the same numbers on any number of hosts.
+  """
+  shard_options = shard_options or grain.sharding.ShardByJaxProcess()
+  index, count = shard_options.shard_index, shard_options.shard_count
+  if batch_size <= 0 or batch_size % count:
+    raise ValueError(f"eval batch size {batch_size} must be a positive multiple of the shard (process) count "
+                     f"({count})")
   source = _data_source(builder, split)
   decode = _Decode(image_size)
+  template = decode.map(source[0])
+  local = batch_size // count
   for start in range(0, len(source), batch_size):
-    examples = [decode.map(ex) for ex in source.__getitems__(range(start, min(start + batch_size, len(source))))]
-    yield _pad({k: np.stack([ex[k] for ex in examples]) for k in examples[0]}, batch_size)
+    first = min(start + index * local, len(source))
+    rows = range(first, min(first + local, len(source)))
+    examples = [decode.map(ex) for ex in source.__getitems__(rows)] if rows else []
+    yield _stack_padded(examples, local, template)
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:

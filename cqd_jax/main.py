@@ -3,12 +3,17 @@
 Trains every stage the config describes (resuming those already started in the workdir), prints the
 results table and writes it to the workdir. Errors in the config, the data or the workdir are reported as
 one line naming the culprit; `--verbose` shows the traceback instead.
+
+Several processes (a TPU pod slice, GPU nodes; docs/scaling.md) run the same command, each with
+--multihost=on or under a launcher that --multihost=auto detects (Slurm, Open MPI, GKE), or with
+--coordinator_address, --num_processes and --process_id; process 0 writes the files and prints the table.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 
 from absl import app
@@ -18,6 +23,7 @@ from ml_collections import config_flags
 
 from cqd_jax import checkpoint
 from cqd_jax import config_lib
+from cqd_jax import multihost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)
@@ -25,6 +31,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
                                          "Resume a workdir even though result-changing config keys differ.")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", multihost.MODES,
+    "Start jax.distributed (one process per host): on, off, or auto (when a launcher's environment variables "
+    "say there are several processes, or when one of the next three flags is given).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for jax.distributed (default: found by JAX).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (default: found by JAX).",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1 (default: found "
+                                   "by JAX).", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
 
 # What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
@@ -69,7 +85,7 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")  # hosts may share it
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -83,10 +99,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
   try:
+    multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
+                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)  # before any JAX call
     config = _CONFIG.value
     config_lib.validate(config)
     workdir = prepare_workdir(_WORKDIR.value)
-    config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value)
+    config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value, write=multihost.is_primary())
     from cqd_jax import experiment  # Imported late: loads JAX and TFDS, which take a second or two.
     rows = experiment.run(config, workdir)
   except checkpoint.Preempted as e:
@@ -105,6 +123,8 @@ def main(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
+  if not multihost.is_primary():
+    return
   from cqd_jax import results
   print("\nTop-1 accuracy (%) on the test split:\n")
   print(results.markdown(rows, list(config.degradations), list(config.methods)))

@@ -4,7 +4,8 @@ One jit-compiled step takes a batch of stored (high-quality) images, augments th
 x = view_a(image) and z = view_b(image) on device, runs the frozen teacher on x (no gradient) and the student
 forward/backward on its input, and applies the optax update: degradation, teacher logits and the
 distillation loss are one XLA program. The batch is sharded over a 1-D device mesh ("data"), parameters are
-replicated, so the same code runs data-parallel on any number of local devices.
+replicated, so the same code runs data-parallel on any number of devices, of one process or several
+(docs/scaling.md).
 """
 
 import functools
@@ -214,12 +215,15 @@ def teacher_logits_table(teacher_apply: Callable[..., jax.Array], teacher_variab
     for flip in (False, True):
       flipped = flip_images(images, boxes, jnp.full(images.shape[:1], flip))
       out.append(teacher_apply(variables, view_a(*flipped, jax.random.key(0))[0], train=False))
-    return jnp.stack(out, axis=1)
+    return jnp.stack(out, axis=1), batch["mask"]  # the global mask: each process's batch holds its rows only
 
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   fn = jax.jit(both_flips, in_shardings=(replicated, data), out_shardings=replicated)
   variables = replicate(teacher_variables, mesh)
-  rows = [np.asarray(fn(variables, shard_batch(b, mesh)))[b["mask"]] for b in batches]
+  rows = []
+  for batch in batches:
+    logits, mask = fn(variables, shard_batch(batch, mesh))
+    rows.append(np.asarray(logits)[np.asarray(mask)])
   return np.concatenate(rows)
 
 
@@ -269,8 +273,21 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Copies a pytree (parameters, optimizer state) to every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Copies a pytree (parameters, optimizer state) to every device of the mesh.
+
+  With several processes each one passes the same values (they all start from the same seed or checkpoint)
+  and fills its own devices: there jax.device_put would refuse arrays already placed on one local device, and
+  compare every leaf across processes (a collective per leaf).
+  """
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def leaf(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:  # already global, e.g. the train state's
+      return jax.device_put(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, jnp.asarray(x))
+  return jax.tree.map(leaf, tree)
 
 
 def jit_train_step(mesh: Mesh, **static) -> Callable:

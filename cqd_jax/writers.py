@@ -30,3 +30,16 @@ class MetricWriter:
 
   def close(self) -> None:
     self._tb.close()
+
+
+class NullWriter:
+  """MetricWriter's interface, writing nothing: the writer of the processes other than 0 in a multi-host run."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    del step, scalars
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass

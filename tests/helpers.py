@@ -1,16 +1,22 @@
 """Tiny models, batches and configs shared by the train and CLI tests.
 
-Run as a script it trains a few steps of one method on a fixed batch over all (host) devices and saves the
-final variables to an .npz; tests/test_train.py runs it with 1 and with 4 forced CPU devices and compares:
+Run as a script it trains a few steps of one method on a fixed global batch over all devices (of all
+processes, with --coordinator_address, --num_processes and --process_id) and saves the losses and final
+variables to an .npz (process i > 0: <out>.<i>.npz), and with --eval_workdir also the evaluation of a tiny data
+set; tests/test_multidevice.py runs it (start_steps) with 1 and 8 forced CPU devices and as 2 processes of
+4 devices, and compares:
 
-  XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/helpers.py --out=/tmp/p4.npz
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/helpers.py --out=/tmp/p8.npz
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import os
+import socket
+import subprocess
 import sys
 from typing import Any
 
@@ -105,8 +111,18 @@ def flatten(tree: Any) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
+def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's contiguous share of a global batch (all of it in a single process), as each host's loader
+  would give it."""
+  import jax
+  n = len(batch["label"]) // jax.process_count()
+  i = jax.process_index()
+  return {k: v[i * n:(i + 1) * n] for k, v in batch.items()}
+
+
 def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-  """`num_steps` jitted train steps of `method_name` on one fixed batch, sharded over all devices."""
+  """`num_steps` jitted train steps of `method_name` on one fixed global batch, sharded over all devices (each
+  process supplies its rows)."""
   import jax
   from cqd_jax import methods, train
 
@@ -124,7 +140,7 @@ def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int
                               flip=True)
   state = train.replicate(state, mesh)
   teacher_vars = train.replicate(teacher, mesh) if method.distill else None
-  batch = train.shard_batch(tiny_batch(batch_size, seed=seed + 1), mesh)
+  batch = train.shard_batch(process_rows(tiny_batch(batch_size, seed=seed + 1)), mesh)
   out = {}
   for i in range(num_steps):
     state, metrics = step(state, teacher_vars, batch)
@@ -132,8 +148,106 @@ def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int
   out.update({f"variables{k}": v for k, v in flatten(jax.device_get(state.variables)).items()})
   out["step"] = np.asarray(state.step)
   out["device_count"] = np.asarray(jax.device_count())
+  out["process_count"] = np.asarray(jax.process_count())
   out["batch_sharding_devices"] = np.asarray(len(batch["image"].sharding.device_set))
+  out["global_batch"] = np.asarray(batch["image"].shape[0])
   return out
+
+
+def evaluate_tiny(workdir: str, test_per_class: int = 10) -> dict[str, np.ndarray]:
+  """Evaluates a fixed model on the tiny demo data set (built in `workdir`) as the experiment does; also
+  returns the labels and masks of the global batches the processes assembled."""
+  from jax.experimental import multihost_utils
+  from cqd_jax import experiment, input_pipeline, train
+
+  config = tiny_experiment_config()
+  config.dataset.options.test_per_class = test_per_class
+  data = experiment.prepare_data(config, workdir)
+  runner = experiment.Runner(config, workdir, data)
+  stage = experiment.plan(config)[0]
+  acc = runner.evaluate(stage, init_variables(tiny_model(), seed=100), VIEW_B, "test")
+  batches = [train.shard_batch(b, runner.mesh) for b in input_pipeline.eval_batches(
+      data.builder, "test", batch_size=config.eval_batch_size)]
+  gather = lambda key: np.stack([multihost_utils.process_allgather(b[key], tiled=True) for b in batches])
+  return {"eval_accuracy_a": np.asarray(acc["accuracy_a"]), "eval_accuracy_b": np.asarray(acc["accuracy_b"]),
+          "eval_labels": gather("label"), "eval_mask": gather("mask")}
+
+
+def process_path(out: str, process_id: int) -> str:
+  """Where process `process_id` of the script writes its results: `out` for process 0, else <out>.<id>.npz."""
+  return out if process_id == 0 else f"{os.path.splitext(out)[0]}.{process_id}.npz"
+
+
+def free_port() -> int:
+  """A TCP port free on the loopback interface (for a coordinator of processes on this machine)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+_COLLECTIVE_PROBE = """
+import sys
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), initialization_timeout=60)
+assert multihost_utils.process_allgather(np.int32(jax.process_index())).tolist() == [0, 1]
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def multiprocess_unsupported() -> str | None:
+  """None if two JAX processes on 127.0.0.1 can run a collective on this machine's CPU, else why not (for a
+  skip reason): the 2-process tests need jax.distributed and CPU collectives (gloo) over the loopback."""
+  args = [sys.executable, "-c", _COLLECTIVE_PROBE, f"127.0.0.1:{free_port()}"]
+  procs = [subprocess.Popen(args + [str(i)], cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+  except subprocess.TimeoutExpired:
+    return "two JAX processes on 127.0.0.1 did not finish one CPU collective within 120 s"
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for proc, output in zip(procs, outputs):
+    if proc.returncode:
+      lines = [l for l in output.splitlines() if "Error" in l] or output.splitlines() or ["no output"]
+      return f"two JAX processes on 127.0.0.1 cannot run a CPU collective here: {lines[-1].strip()}"
+  return None
+
+
+def start_steps(out: str, *, num_devices: int, steps: int, batch_size: int, num_processes: int = 1,
+                method: str = "cqd", eval_workdir: str | None = None) -> list[subprocess.Popen]:
+  """Starts this script as `num_processes` JAX processes (coordinated on 127.0.0.1) of `num_devices` forced CPU
+  devices each; their output goes to <out>.<id>.log."""
+  args = [sys.executable, os.path.abspath(__file__), f"--out={out}", f"--method={method}", f"--steps={steps}",
+          f"--batch_size={batch_size}"]
+  args += [f"--eval_workdir={eval_workdir}"] if eval_workdir else []
+  if num_processes > 1:
+    args += [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={num_processes}"]
+  procs = []
+  for i in range(num_processes):
+    with open(f"{out}.{i}.log", "w") as log:
+      procs.append(subprocess.Popen(args + ([f"--process_id={i}"] if num_processes > 1 else []), cwd=REPO,
+                                    env=subprocess_env(num_devices), stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def finish_steps(out: str, procs: list[subprocess.Popen], timeout: float = 300) -> list[dict[str, np.ndarray]]:
+  """Waits for start_steps' processes (killing all of them if one fails) and returns each one's results."""
+  try:
+    for i, proc in enumerate(procs):
+      if proc.wait(timeout=timeout) != 0:
+        with open(f"{out}.{i}.log") as f:
+          raise AssertionError(f"process {i} of {out} exited with {proc.returncode}:\n{f.read()[-3000:]}")
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  return [dict(np.load(process_path(out, i))) for i in range(len(procs))]
 
 
 def main(argv: list[str]) -> None:
@@ -142,12 +256,19 @@ def main(argv: list[str]) -> None:
   parser.add_argument("--method", default="cqd")
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--eval_workdir", default="")
+  parser.add_argument("--coordinator_address")
+  parser.add_argument("--num_processes", type=int)
+  parser.add_argument("--process_id", type=int)
   args = parser.parse_args(argv)
-  np.savez(args.out, **train_few_steps(args.method, args.steps, args.batch_size))
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])
+  from cqd_jax import multihost
+  multihost.initialize("on" if args.num_processes else "off", coordinator_address=args.coordinator_address,
+                       num_processes=args.num_processes, process_id=args.process_id)
+  import jax
+  out = train_few_steps(args.method, args.steps, args.batch_size)
+  if args.eval_workdir:
+    out.update(evaluate_tiny(args.eval_workdir))
+  np.savez(process_path(args.out, jax.process_index()), **out)
 
 
 def tiny_experiment_config():
@@ -195,3 +316,7 @@ class FullDiskFile:
     self.f.write(data[:FULL_DISK_ROOM])
     self.f.flush()
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
