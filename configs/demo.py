@@ -57,7 +57,9 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.teacher_model = dict(name="", options={}, init_from="")  # empty name: same architecture as the student
 
   # L = CE(g(z), y) + weight * CE(softmax(f(x)/T), softmax(g(z)/T)), as in the paper (no T^2 factor).
-  config.distill = dict(loss="soft_ce", temperature=10.0, weight=50.0, t2_scale=False)
+  # cache_teacher: compute the teacher's logits once per image and flip (view A is fixed and flips are the
+  # only augmentation here) instead of running the teacher in every step.
+  config.distill = dict(loss="soft_ce", temperature=10.0, weight=50.0, t2_scale=False, cache_teacher=False)
 
   config.optimizer = dict(name="sgd", lr=0.05, end_lr=0.0025, schedule="linear", warmup_steps=20,
                           momentum=0.9, nesterov=False, weight_decay=5e-4)

@@ -82,6 +82,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         registry.check_split(dataset, split)
       except ValueError as e:
         raise ConfigError(f"config key {key}={split!r}: {e}") from None
+  _check_cache_teacher(config)
   if _get(config, "on_nonfinite") not in NONFINITE_POLICIES:
     raise ConfigError(f"config key on_nonfinite={config.on_nonfinite!r} must be one of {NONFINITE_POLICIES}")
   if not config.methods:
@@ -103,6 +104,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
         models.get_model(_get(config, f"{key}.name"), 2, **_get(config, f"{key}.options").to_dict())
       except (ValueError, TypeError) as e:
         raise ConfigError(f"config key {key}: {e}") from None
+
+
+def _check_cache_teacher(config: ml_collections.ConfigDict) -> None:
+  """Cached teacher logits (one table row per image and flip) are right only for a fixed teacher input."""
+  from cqd_jax import degrade  # pylint: disable=g-import-not-at-top (JAX-heavy)
+
+  cache = _get(config, "distill.cache_teacher")
+  if not isinstance(cache, bool):
+    raise ConfigError(f"config key distill.cache_teacher={cache!r} must be True or False")
+  if not cache:
+    return
+  if config.augment.crop_margin:
+    raise ConfigError(f"config key distill.cache_teacher=True needs augment.crop_margin=0 (it is "
+                      f"{config.augment.crop_margin}): random crops change the teacher's input every step")
+  for name, deg in config.degradations.items():
+    if degrade.is_random(deg.a):
+      raise ConfigError(f"config key distill.cache_teacher=True needs a deterministic view A, but "
+                        f"degradations.{name}.a={deg.a!r} is random")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -157,7 +176,10 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   # init_from to a converted file (data_prep/convert_weights.py); "" trains from scratch.
   config.model = dict(name="resnet50", options={}, init_from="")
   config.teacher_model = dict(name="", options={}, init_from="")
-  config.distill = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False)
+  # cache_teacher: compute the teacher's logits once per image (and flip) instead of in every step; needs
+  # augment.crop_margin = 0, so off here.
+  config.distill = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False,
+                        cache_teacher=False)
   config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128

@@ -125,6 +125,7 @@ class Runner:
     self.teacher_model = (_make_model(config.teacher_model, data.num_classes) if config.teacher_model.name
                           else self.student)
     self._eval_fns: dict[tuple[bool, str, str], Any] = {}
+    self._teacher_tables: dict[tuple[str | None, str], Any] = {}
 
   def stage_dir(self, stage: Stage) -> str:
     return os.path.join(self.workdir, "stages", stage.name.replace("/", "__"))
@@ -194,10 +195,13 @@ class Runner:
       say(f"stage {stage.name}: resuming from step {int(state.step)}")
     start = int(state.step)
     state = train.replicate(state, self.mesh)
-    teacher_vars = train.replicate(teacher, self.mesh) if method.distill else None
+    cached = method.distill and config.distill.cache_teacher
+    teacher_vars = None
+    if method.distill:
+      teacher_vars = train.replicate(self._teacher_table(stage, teacher) if cached else teacher, self.mesh)
     step_fn = train.jit_train_step(
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
-        teacher_apply=self.teacher_model.apply if method.distill else None, distill=config.distill,
+        teacher_apply=self.teacher_model.apply if method.distill and not cached else None, distill=config.distill,
         flip=config.augment.flip, crop_margin=config.augment.crop_margin)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
@@ -246,6 +250,20 @@ class Runner:
     manager.close()
     writer.close()
     return jax.device_get(state.variables), summary
+
+  def _teacher_table(self, stage: Stage, teacher: dict[str, Any]) -> Any:
+    """The teacher's logits on view A of every training record, both flips (train.teacher_logits_table),
+    computed once per teacher and view A (config.distill.cache_teacher)."""
+    key = (stage.teacher, stage.view_a)
+    if key not in self._teacher_tables:
+      t0 = time.time()
+      batches = input_pipeline.eval_batches(self.data.builder, "train", batch_size=self.config.eval_batch_size,
+                                            image_size=self.config.dataset.storage_size or None)
+      self._teacher_tables[key] = train.teacher_logits_table(
+          self.teacher_model.apply, teacher, _view(self.config, stage.view_a), batches, self.mesh)
+      say(f"stage {stage.name}: cached the teacher's logits on {len(self._teacher_tables[key])} training images "
+          f"(both flips) in {time.time() - t0:.1f}s")
+    return self._teacher_tables[key]
 
   def _eval_fn(self, stage: Stage, view_b: str):
     """The jitted evaluation of a stage's model (compiled once per model and pair of views)."""

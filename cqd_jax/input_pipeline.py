@@ -40,15 +40,35 @@ def _check(builder: tfds.core.DatasetBuilder, split: str) -> None:
                      f"{', '.join(available)}")
 
 
+class _WithRecordIndex:
+  """A random-access source whose examples also carry "record": their position in the split.
+
+  It names each training example across epochs and shuffles, e.g. for the teacher's cached logits.
+  """
+
+  def __init__(self, source: Sequence[dict[str, Any]]):
+    self._source = source
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return {**self._source[index], "record": index}
+
+  def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    return [{**ex, "record": i} for i, ex in zip(indices, self._source.__getitems__(indices))]
+
+
 def _data_source(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[str, Any]]:
-  """Random-access source of decoded examples (TFDS ArrayRecordDataSource)."""
+  """Random-access source of decoded examples (TFDS ArrayRecordDataSource) with their record index."""
   _check(builder, split)
-  return builder.as_data_source(split=split)
+  return _WithRecordIndex(builder.as_data_source(split=split))
 
 
 @dataclasses.dataclass(frozen=True)
 class _Decode(grain.transforms.Map):
-  """TFDS example -> image uint8 [S, S, 3], label int32, bbox float32 [4]; resized to image_size if given."""
+  """TFDS example -> image uint8 [S, S, 3], label int32, bbox float32 [4], record int32 (position in the
+  split); the image resized to image_size if given."""
 
   image_size: int | None = None
 
@@ -58,7 +78,7 @@ class _Decode(grain.transforms.Map):
       image = np.asarray(Image.fromarray(image).resize((self.image_size, self.image_size),
                                                        Image.Resampling.BILINEAR))
     return {"image": image, "label": np.int32(example["label"]),
-            "bbox": np.asarray(example["bbox"], np.float32)}
+            "bbox": np.asarray(example["bbox"], np.float32), "record": np.int32(example["record"])}
 
 
 def read_threads() -> int:

@@ -141,7 +141,7 @@ def train_step(state: TrainState, teacher_variables: Variables | jax.Array | Non
 
   With `teacher_apply=None` a distilling method reads the teacher's logits from `teacher_variables`, then a
   table [num_records, 2, K] of its logits on view A of every training record, unflipped and flipped
-  (`teacher_logits_table`), indexed by the batch's "index"; the teacher network does not run.
+  (`teacher_logits_table`), indexed by the batch's "record"; the teacher network does not run.
   An update whose loss or gradient is not finite is not applied (parameters, optimizer state and BatchNorm
   statistics stay as they were; the step counter advances past the batch) and is counted in the state.
   """
@@ -166,7 +166,7 @@ def train_step(state: TrainState, teacher_variables: Variables | jax.Array | Non
     inputs = x if method.student_input == "a" else z
   teacher_logits = None
   if cached_teacher:
-    teacher_logits = teacher_variables[batch["index"], flipped.astype(jnp.int32)]
+    teacher_logits = teacher_variables[batch["record"], flipped.astype(jnp.int32)]
   elif method.distill:
     teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, x, train=False))
   labels = batch["label"]

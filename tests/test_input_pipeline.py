@@ -153,11 +153,16 @@ def test_build_cli(tmp_path):
 
 def test_train_loader_batches(builder):
   batch = next(iter(input_pipeline.train_loader(builder, "train", batch_size=5, seed=0)))
-  assert batch.keys() == {"image", "label", "bbox"}
+  assert batch.keys() == {"image", "label", "bbox", "record"}
   assert batch["image"].shape == (5, 32, 32, 3) and batch["image"].dtype == np.uint8
   assert batch["label"].shape == (5,) and batch["label"].dtype == np.int32
   assert batch["bbox"].shape == (5, 4) and batch["bbox"].dtype == np.float32
   assert set(batch["label"]) <= set(range(4))
+  # "record" names each example: its position in the split, whatever the shuffle.
+  expected = synthetic.make_split(SPEC, "train")
+  assert batch["record"].dtype == np.int32 and len(set(batch["record"])) == 5
+  np.testing.assert_array_equal(batch["label"], expected["label"][batch["record"]])
+  np.testing.assert_array_equal(batch["image"], expected["image"][batch["record"]])
 
 
 def test_train_loader_resizes(builder):
@@ -222,6 +227,7 @@ def test_eval_batches_cover_split_once(builder, batch_size):
     values = np.concatenate([b[k] for b in batches])
     np.testing.assert_array_equal(values[mask], expected[k])
     assert not values[~mask].any()  # Padding is zeros.
+  np.testing.assert_array_equal(np.concatenate([b["record"] for b in batches])[mask], np.arange(8))
 
 
 def test_unknown_data_set():

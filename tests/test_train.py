@@ -183,7 +183,7 @@ def test_cached_teacher_logits_give_the_live_teacher_step(setup):
   assert np.abs(table[:, 0] - table[:, 1]).max() > 1e-4  # mirrored crops score differently
   cached_step = train.jit_train_step(mesh, method=method, view_a=setup["view_a"], view_b=setup["view_b"],
                                      teacher_apply=None, distill=helpers.distill_config(), flip=True)
-  batch = train.shard_batch({**raw, "index": np.arange(BATCH, dtype=np.int32)}, mesh)
+  batch = train.shard_batch({**raw, "record": np.arange(BATCH, dtype=np.int32)}, mesh)
   live, live_metrics = _step_fn(setup, method)(_state(setup, method), setup["teacher"], setup["batch"])
   cached, cached_metrics = cached_step(_state(setup, method), train.replicate(table, mesh), batch)
   for key in ("loss", "distill", "teacher_agreement"):
