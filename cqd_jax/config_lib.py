@@ -18,6 +18,8 @@ from cqd_jax import fileio
 COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "eval_batch_size",
                  "keep_checkpoints", "validation_split")
 NONFINITE_POLICIES = ("stop", "skip")
+# Compute precision of teacher and student: bfloat16 suits TPUs and recent GPUs; CPUs emulate it slowly.
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -83,6 +85,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       except ValueError as e:
         raise ConfigError(f"config key {key}={split!r}: {e}") from None
   _check_cache_teacher(config)
+  if _get(config, "compute_dtype") not in COMPUTE_DTYPES:
+    raise ConfigError(f"config key compute_dtype={config.compute_dtype!r} must be one of {COMPUTE_DTYPES}")
   if _get(config, "on_nonfinite") not in NONFINITE_POLICIES:
     raise ConfigError(f"config key on_nonfinite={config.on_nonfinite!r} must be one of {NONFINITE_POLICIES}")
   if not config.methods:
@@ -176,6 +180,7 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   # init_from to a converted file (data_prep/convert_weights.py); "" trains from scratch.
   config.model = dict(name="resnet50", options={}, init_from="")
   config.teacher_model = dict(name="", options={}, init_from="")
+  config.compute_dtype = "float32"  # "bfloat16" on TPUs and GPUs: faster, parameters stay float32
   # cache_teacher: compute the teacher's logits once per image (and flip) instead of in every step; needs
   # augment.crop_margin = 0, so off here.
   config.distill = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False,

@@ -94,8 +94,9 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 
 
-def _make_model(model_config: ml_collections.ConfigDict, num_classes: int):
-  return models.get_model(model_config.name, num_classes, **model_config.options.to_dict())
+def _make_model(model_config: ml_collections.ConfigDict, num_classes: int, dtype: str):
+  """The configured network computing in `dtype` (parameters, BatchNorm statistics and logits stay float32)."""
+  return models.get_model(model_config.name, num_classes, dtype=dtype, **model_config.options.to_dict())
 
 
 def _view(config: ml_collections.ConfigDict, spec: str):
@@ -121,9 +122,9 @@ class Runner:
     self.mesh = train.data_mesh()
     train.check_batch_size(config.batch_size)
     train.check_batch_size(config.eval_batch_size, "eval_batch_size")
-    self.student = _make_model(config.model, data.num_classes)
-    self.teacher_model = (_make_model(config.teacher_model, data.num_classes) if config.teacher_model.name
-                          else self.student)
+    self.student = _make_model(config.model, data.num_classes, config.compute_dtype)
+    self.teacher_model = (_make_model(config.teacher_model, data.num_classes, config.compute_dtype)
+                          if config.teacher_model.name else self.student)
     self._eval_fns: dict[tuple[bool, str, str], Any] = {}
     self._teacher_tables: dict[tuple[str | None, str], Any] = {}
 

@@ -126,6 +126,7 @@ def assert_nothing_written(workdir) -> None:
     ("--config.dataset.name=nope", ["dataset.name", "nope", "cqd_synthetic"]),
     ("--config.dataset.options.test_per_class=0", ["dataset.options", "test_per_class", ">= 1"]),
     ("--config.eval_split=nope", ["eval_split", "'nope'", "available: train, validation, test"]),
+    ("--config.compute_dtype=float8", ["compute_dtype='float8'", "bfloat16"]),
     ("--config.eval_split=test[:5", ["eval_split", "test[:5", "train[:90%]"]),
 ])
 def test_bad_config_value_is_one_line_error(tmp_path, override, culprits):
@@ -256,8 +257,9 @@ def test_teacher_from_another_model_is_one_line_error(finished, tmp_path, change
     (["--config.optimizer.lr=abc"], ["--config.optimizer.lr=abc", "float"]),
     (["--config.distill.temperature=ten"], ["--config.distill.temperature=ten", "float"]),
     (["--config.batch_size=1.5"], ["--config.batch_size=1.5", "int"]),
+    (["--config.distill.cache_teacher=maybe"], ["--config.distill.cache_teacher=maybe", "boolean"]),
 ], ids=["unknown_key", "unknown_nested_key", "typo_key", "config_arg_raises", "missing_config_file", "lr_not_number",
-        "temperature_not_number", "batch_size_not_integer"])
+        "temperature_not_number", "batch_size_not_integer", "cache_teacher_not_boolean"])
 def test_flag_parsing_error_is_one_line(tmp_path, args, culprits):
   """Errors that absl/ml_collections raise while parsing --config also get a one-line `error:`."""
   own_file = any(a.startswith("--config=") for a in args)

@@ -192,6 +192,22 @@ def test_cached_teacher_logits_give_the_live_teacher_step(setup):
                        helpers.flatten(jax.device_get(live.params))) < 1e-5
 
 
+def test_bfloat16_compute_keeps_float32_parameters(setup):
+  """compute_dtype=bfloat16: the networks compute in bfloat16, parameters and their updates stay float32."""
+  method = methods.get_method("cqd")
+  model = models.get_model("small_cnn", helpers.NUM_CLASSES, widths=helpers.WIDTHS, dtype="bfloat16")
+  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
+                              teacher_apply=model.apply, distill=helpers.distill_config(), flip=True)
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx)
+  new_state, metrics = step(state, setup["teacher"], setup["batch"])
+  _, _, metrics_f32 = _run_step(setup, "cqd")
+  assert {leaf.dtype for leaf in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
+  assert {leaf.dtype for leaf in jax.tree.leaves(new_state.batch_stats)} == {jnp.dtype(jnp.float32)}
+  np.testing.assert_allclose(float(metrics["loss"]), float(metrics_f32["loss"]), rtol=3e-2)
+  assert float(metrics["loss"]) != float(metrics_f32["loss"])  # it did compute in another precision
+
+
 # --------------------------------------------------------------------------------------------------- augment
 
 def test_random_flip_moves_boxes_with_images():
