@@ -67,9 +67,7 @@ class Step:
     method = get_method(method_name)
     degradation = next(iter(config.degradations.values()))
     params = config.degrade_params.to_dict()
-    student = models.get_model(config.model.name, num_classes, **config.model.options.to_dict())
-    teacher = (models.get_model(config.teacher_model.name, num_classes, **config.teacher_model.options.to_dict())
-               if config.teacher_model.name else student)
+    student, teacher = experiment.make_models(config, num_classes)
     self.mesh = train.data_mesh()
     tx, _ = train.make_optimizer(config.optimizer, config.num_steps)
     self.state = train.replicate(

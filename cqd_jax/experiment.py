@@ -94,9 +94,12 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 
 
-def _make_model(model_config: ml_collections.ConfigDict, num_classes: int, dtype: str):
-  """The configured network computing in `dtype` (parameters, BatchNorm statistics and logits stay float32)."""
-  return models.get_model(model_config.name, num_classes, dtype=dtype, **model_config.options.to_dict())
+def make_models(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, Any]:
+  """The student and teacher networks of `config` (one module when config.teacher_model is empty), computing
+  in config.compute_dtype (parameters, BatchNorm statistics and logits stay float32)."""
+  make = lambda c: models.get_model(c.name, num_classes, dtype=config.compute_dtype, **c.options.to_dict())
+  student = make(config.model)
+  return student, make(config.teacher_model) if config.teacher_model.name else student
 
 
 def _view(config: ml_collections.ConfigDict, spec: str):
@@ -122,9 +125,7 @@ class Runner:
     self.mesh = train.data_mesh()
     train.check_batch_size(config.batch_size)
     train.check_batch_size(config.eval_batch_size, "eval_batch_size")
-    self.student = _make_model(config.model, data.num_classes, config.compute_dtype)
-    self.teacher_model = (_make_model(config.teacher_model, data.num_classes, config.compute_dtype)
-                          if config.teacher_model.name else self.student)
+    self.student, self.teacher_model = make_models(config, data.num_classes)
     self._eval_fns: dict[tuple[bool, str, str], Any] = {}
     self._teacher_tables: dict[tuple[str | None, str], Any] = {}
 
