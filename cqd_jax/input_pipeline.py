@@ -58,6 +58,11 @@ class _WithRecordIndex:
   def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
     return [{**ex, "record": i} for i, ex in zip(indices, self._source.__getitems__(indices))]
 
+  def __repr__(self) -> str:
+    # grain stores the source's repr in iterator checkpoints and refuses to restore into another one, so it
+    # must be the same in every process that reads this split (the default repr has the object's address).
+    return f"_WithRecordIndex({self._source!r})"
+
 
 def _data_source(builder: tfds.core.DatasetBuilder, split: str) -> Sequence[dict[str, Any]]:
   """Random-access source of decoded examples (TFDS ArrayRecordDataSource) with their record index."""
