@@ -97,7 +97,8 @@ class JaxStep:
   """
 
   def __init__(self, model_name: str, size: int, batch: dict[str, np.ndarray], classes: int,
-               config: ml_collections.ConfigDict | None = None, **options: Any):
+               config: ml_collections.ConfigDict | None = None, cached_teacher: bool = False, **options: Any):
+    """`cached_teacher`: the step reads the teacher's logits from a table (config.distill.cache_teacher)."""
     config = config or base_config()
     mesh = train.data_mesh()
     self.num_devices = mesh.size
@@ -108,13 +109,19 @@ class JaxStep:
     tx, _ = train.make_optimizer(config.optimizer, config.num_steps)
     self.state = train.replicate(
         train.create_train_state(self.model, jax.random.key(0), size, tx, self.student_variables), mesh)
-    self.teacher = train.replicate(self.teacher_variables, mesh)
-    self.batch = train.shard_batch(batch, mesh)
     params = config.degrade_params.to_dict()
+    view_a = degrade.make_view(VIEW_A, size, params)
+    self.teacher = train.replicate(self.teacher_variables, mesh)
+    if cached_teacher:  # the batch is the whole "data set": records 0..n-1
+      batch = {**batch, "record": np.arange(len(batch["label"]), dtype=np.int32)}
+      table = train.teacher_logits_table(self.model.apply, self.teacher_variables, view_a,
+                                         [{**batch, "mask": np.ones(len(batch["label"]), bool)}], mesh)
+      self.teacher = train.replicate(table, mesh)
+    self.batch = train.shard_batch(batch, mesh)
     step = train.jit_train_step(
-        mesh, method=get_method("cqd"), view_a=degrade.make_view(VIEW_A, size, params),
-        view_b=degrade.make_view(f"{VIEW_A}+lowres", size, params), teacher_apply=self.model.apply,
-        distill=config.distill, flip=False, crop_margin=0.0)
+        mesh, method=get_method("cqd"), view_a=view_a, view_b=degrade.make_view(f"{VIEW_A}+lowres", size, params),
+        teacher_apply=None if cached_teacher else self.model.apply, distill=config.distill, flip=False,
+        crop_margin=0.0)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.teacher, self.batch).compile()
     self.compile_s = time.perf_counter() - start
