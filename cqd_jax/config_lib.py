@@ -26,7 +26,8 @@ class ConfigError(ValueError):
   """A config value is missing, of the wrong type or out of range; the message names the key."""
 
 
-def _get(config: ml_collections.ConfigDict, key: str) -> Any:
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """The value of a dotted key (`distill.weight`); ConfigError naming the key if it is missing."""
   node = config
   for part in key.split("."):
     if part not in node:
@@ -35,8 +36,16 @@ def _get(config: ml_collections.ConfigDict, key: str) -> Any:
   return node
 
 
+def set_value(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets an existing dotted key (ConfigError naming it if it is missing)."""
+  parent, _, last = key.rpartition(".")
+  node = get(config, parent) if parent else config
+  get(config, key)
+  node[last] = value
+
+
 def _check_number(config: ml_collections.ConfigDict, key: str, kind: type, low: float, strict: bool) -> None:
-  value = _get(config, key)
+  value = get(config, key)
   if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
     raise ConfigError(f"config key {key}={value!r} must be a{'n integer' if kind is int else ' number'}")
   if not math.isfinite(value):
@@ -69,25 +78,25 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.augment.crop_margin >= 1:
     raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
   losses.get_distill_loss(config.distill.loss)
-  dataset = _get(config, "dataset.name")
+  dataset = get(config, "dataset.name")
   if dataset not in registry.DATASETS:
     raise ConfigError(f"config key dataset.name={dataset!r}: unknown data set; known: "
                       f"{', '.join(sorted(registry.DATASETS))}")
   try:
-    registry.check_options(dataset, **_get(config, "dataset.options").to_dict())
+    registry.check_options(dataset, **get(config, "dataset.options").to_dict())
   except ValueError as e:
     raise ConfigError(f"config key dataset.options: {e}") from None
   for key in ("eval_split", "validation_split"):
     if key == "eval_split" or config.get(key):  # validation_split: "" (or absent) means none.
-      split = _get(config, key)
+      split = get(config, key)
       try:
         registry.check_split(dataset, split)
       except ValueError as e:
         raise ConfigError(f"config key {key}={split!r}: {e}") from None
   _check_cache_teacher(config)
-  if _get(config, "compute_dtype") not in COMPUTE_DTYPES:
+  if get(config, "compute_dtype") not in COMPUTE_DTYPES:
     raise ConfigError(f"config key compute_dtype={config.compute_dtype!r} must be one of {COMPUTE_DTYPES}")
-  if _get(config, "on_nonfinite") not in NONFINITE_POLICIES:
+  if get(config, "on_nonfinite") not in NONFINITE_POLICIES:
     raise ConfigError(f"config key on_nonfinite={config.on_nonfinite!r} must be one of {NONFINITE_POLICIES}")
   if not config.methods:
     raise ConfigError("config key methods is empty")
@@ -98,14 +107,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name, deg in config.degradations.items():
     for side in ("a", "b"):
       try:
-        degrade.make_view(_get(config, f"degradations.{name}.{side}"), config.image_size,
+        degrade.make_view(get(config, f"degradations.{name}.{side}"), config.image_size,
                           config.degrade_params.to_dict())
       except ValueError as e:
         raise ConfigError(f"config key degradations.{name}.{side}: {e}") from None
   for key in ("model", "teacher_model"):
     if key == "model" or config.teacher_model.name:
       try:
-        models.get_model(_get(config, f"{key}.name"), 2, **_get(config, f"{key}.options").to_dict())
+        models.get_model(get(config, f"{key}.name"), 2, **get(config, f"{key}.options").to_dict())
       except (ValueError, TypeError) as e:
         raise ConfigError(f"config key {key}: {e}") from None
 
@@ -114,7 +123,7 @@ def _check_cache_teacher(config: ml_collections.ConfigDict) -> None:
   """Cached teacher logits (one table row per image and flip) are right only for a fixed teacher input."""
   from cqd_jax import degrade  # pylint: disable=g-import-not-at-top (JAX-heavy)
 
-  cache = _get(config, "distill.cache_teacher")
+  cache = get(config, "distill.cache_teacher")
   if not isinstance(cache, bool):
     raise ConfigError(f"config key distill.cache_teacher={cache!r} must be True or False")
   if not cache:

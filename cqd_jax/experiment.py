@@ -74,6 +74,11 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
   return list(stages.values())
 
 
+def stage_dir(workdir: str, stage: Stage) -> str:
+  """Where a stage keeps its checkpoints and result."""
+  return os.path.join(workdir, "stages", stage.name.replace("/", "__"))
+
+
 @dataclasses.dataclass
 class Data:
   """The prepared data set and what the models need to know about it."""
@@ -130,7 +135,7 @@ class Runner:
     self._teacher_tables: dict[tuple[str | None, str], Any] = {}
 
   def stage_dir(self, stage: Stage) -> str:
-    return os.path.join(self.workdir, "stages", stage.name.replace("/", "__"))
+    return stage_dir(self.workdir, stage)
 
   def _model_for(self, stage: Stage):
     return self.teacher_model if stage.method == TEACHER_METHOD else self.student

@@ -15,10 +15,12 @@ import json
 import os
 import socket
 import sys
+from typing import Callable
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from cqd_jax import checkpoint
@@ -94,9 +96,10 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def run_command(body: Callable[[ml_collections.ConfigDict, str], None]) -> None:
+  """What every command does around its `body(config, workdir)`: starts jax.distributed if asked, validates
+  the config, checks the workdir and its stored config, and turns user errors into one `error:` line (exit
+  1) and a preemption into the signal's exit status, with its checkpoint saved."""
   logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
   try:
     multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
@@ -105,8 +108,7 @@ def main(argv: list[str]) -> None:
     config_lib.validate(config)
     workdir = prepare_workdir(_WORKDIR.value)
     config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value, write=multihost.is_primary())
-    from cqd_jax import experiment  # Imported late: loads JAX and TFDS, which take a second or two.
-    rows = experiment.run(config, workdir)
+    body(config, workdir)
   except checkpoint.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.stdout.flush()
@@ -123,18 +125,29 @@ def main(argv: list[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
+
+
+def _train_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
+  from cqd_jax import experiment  # Imported late: loads JAX and TFDS, which take a second or two.
+  from cqd_jax import results
+  rows = experiment.run(config, workdir)
   if not multihost.is_primary():
     return
-  from cqd_jax import results
   print("\nTop-1 accuracy (%) on the test split:\n")
   print(results.markdown(rows, list(config.degradations), list(config.methods)))
   print(f"Tables: {os.path.join(workdir, 'results.md')} and results.csv; TensorBoard: {workdir}/tensorboard")
   logging.info("results: %s", json.dumps(rows))
 
 
-def run() -> None:
-  """Entry point of the `cqd-jax` console script."""
-  app.run(main, flags_parser=_parse_flags)
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  run_command(_train_and_report)
+
+
+def run(entry: Callable[[list[str]], None] = main) -> None:
+  """Entry point of the `cqd-jax` console script (and, with its `main`, of `cqd_jax.tune`)."""
+  app.run(entry, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

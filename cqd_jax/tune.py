@@ -1,0 +1,220 @@
+r"""Tunes config keys (the paper's T and lambda) on the validation split, never looking at the test split.
+
+  python -m cqd_jax.tune --config=configs/cub_subset.py:lowres --workdir=/tmp/tune_cub_lowres \
+      --grid=distill.temperature=1,2,5,10 --grid=distill.weight=50,200 --methods=cqd
+
+Each point of the grid (the product of the --grid lists) is an ordinary workdir under <workdir>/points/, run
+by experiment.run with `eval_split` set to the config's `validation_split`, so every accuracy it reports is
+on validation data. When only `distill.*` keys vary the teacher does not depend on them: it is trained once in
+<workdir>/teacher and linked into each point. Finished points are skipped on a re-run, so a grid can be
+extended later. The table (tune.md, tune.csv) has one row per point, the best point per degradation and method
+is marked, and the flags that apply it to the real run are printed.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import os
+from typing import Any, Sequence
+
+from absl import flags
+import ml_collections
+
+from cqd_jax import config_lib
+from cqd_jax import fileio
+from cqd_jax import main as cli
+from cqd_jax import multihost
+from cqd_jax.methods import TEACHER_METHOD, get_method
+
+_GRID = flags.DEFINE_multi_string("grid", [], "key=v1,v2,... : a config key and the values to try (repeatable; "
+                                  "the grid is the product of all).")
+_METHODS = flags.DEFINE_list("methods", None, "Methods to tune (default: the config's distilling methods).")
+
+Grid = list[tuple[str, list[Any]]]
+
+
+def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> Grid:
+  """[(key, values)] from `key=v1,v2` strings, each value converted to the type the config's key has."""
+  if not specs:
+    raise config_lib.ConfigError("--grid: give at least one key=v1,v2,... (e.g. distill.temperature=1,2,5,10)")
+  grid = []
+  for spec in specs:
+    key, sep, values = spec.partition("=")
+    key = key.strip()
+    if not sep or not values.strip():
+      raise config_lib.ConfigError(f"--grid={spec!r}: expected key=v1,v2,...")
+    try:
+      current = config_lib.get(config, key)
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"--grid={spec!r}: {e}") from None
+    grid.append((key, [_convert(v.strip(), current, spec) for v in values.split(",")]))
+  keys = [k for k, _ in grid]
+  if len(set(keys)) != len(keys):
+    raise config_lib.ConfigError(f"--grid: a key is given twice: {', '.join(keys)}")
+  return grid
+
+
+def _convert(text: str, current: Any, spec: str) -> Any:
+  kind = type(current)
+  try:
+    if kind is bool:
+      if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+      return text.lower() == "true"
+    if kind in (int, float, str):
+      return kind(text)
+  except ValueError:
+    raise config_lib.ConfigError(f"--grid={spec!r}: {text!r} is not a valid {kind.__name__}") from None
+  raise config_lib.ConfigError(f"--grid={spec!r}: only number, string and bool keys can be tuned, not "
+                               f"{kind.__name__}")
+
+
+def point_name(assignment: Sequence[tuple[str, Any]]) -> str:
+  """A point's directory name, e.g. `temperature=5,weight=200` (the last part of each key)."""
+  return ",".join(f"{key.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float) else
+                  f"{key.rsplit('.', 1)[-1]}={value}" for key, value in assignment)
+
+
+def tuned_methods(config: ml_collections.ConfigDict, names: Sequence[str] | None) -> list[str]:
+  """The methods to tune: `names`, or else those of config.methods that distil (their λ and T matter)."""
+  names = list(names) if names else [m for m in config.methods if get_method(m).distill]
+  if not names:
+    raise config_lib.ConfigError("--methods: none given and config key methods has no distilling method")
+  for name in names:
+    get_method(name)
+  if TEACHER_METHOD in names:
+    raise config_lib.ConfigError(f"--methods: {TEACHER_METHOD} is the teacher; tune the methods it teaches")
+  return names
+
+
+def validation_config(config: ml_collections.ConfigDict, methods: Sequence[str]) -> ml_collections.ConfigDict:
+  """`config` evaluating on its validation split (and not also choosing checkpoints by it), for `methods`."""
+  if not config.get("validation_split"):
+    raise config_lib.ConfigError("config key validation_split is empty: tuning needs a validation split")
+  out = copy.deepcopy(config)
+  out.eval_split = config.validation_split
+  out.validation_split = ""
+  out.methods = (TEACHER_METHOD, *methods)
+  return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, grid: Grid, methods: Sequence[str]) -> list[dict[str, Any]]:
+  """Runs (or resumes) every point of `grid`; returns one row per point, degradation and tuned method."""
+  from cqd_jax import experiment  # JAX and TFDS, only when running.
+
+  base = validation_config(config, methods)
+  if not base.dataset.data_dir:  # one data set for the teacher and all points
+    base.dataset.data_dir = os.path.join(workdir, "data")
+  share_teacher = all(key.startswith("distill.") for key, _ in grid)
+  teacher_dir = os.path.join(workdir, "teacher")
+  if share_teacher:
+    teacher_config = copy.deepcopy(base)
+    teacher_config.methods = (TEACHER_METHOD,)
+    experiment.say("tune: the teacher (shared by every point: only distill.* keys vary)")
+    _run_point(experiment, teacher_config, teacher_dir)
+  points = list(itertools.product(*[[(key, v) for v in values] for key, values in grid]))
+  rows = []
+  for i, assignment in enumerate(points):
+    name = point_name(assignment)
+    point = copy.deepcopy(base)
+    for key, value in assignment:
+      config_lib.set_value(point, key, value)
+    config_lib.validate(point)
+    point_dir = os.path.join(workdir, "points", name)
+    if share_teacher:
+      _link_teachers(experiment, point, teacher_dir, point_dir)
+    experiment.say(f"tune: point {i + 1}/{len(points)}: {name}")
+    for row in _run_point(experiment, point, point_dir):
+      if row["method"] in methods:
+        rows.append({"point": name, **dict(assignment), "degradation": row["degradation"],
+                     "method": row["method"], "val_accuracy": row["accuracy_b"]})
+  return rows
+
+
+def _run_point(experiment, config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]:
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.save(config, workdir, write=multihost.is_primary())
+  return experiment.run(config, workdir)
+
+
+def _link_teachers(experiment, config: ml_collections.ConfigDict, teacher_dir: str, point_dir: str) -> None:
+  """Links the shared teacher's finished stages into a point's workdir, where experiment.run skips them."""
+  if not multihost.is_primary():
+    return
+  os.makedirs(os.path.join(point_dir, "stages"), exist_ok=True)
+  for stage in experiment.plan(config):
+    if stage.method != TEACHER_METHOD:
+      continue
+    name = os.path.basename(experiment.stage_dir(point_dir, stage))
+    link = os.path.join(point_dir, "stages", name)
+    if not os.path.lexists(link):
+      os.symlink(os.path.join("..", "..", "..", "teacher", "stages", name), link)
+
+
+def best(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+  """The row with the highest validation accuracy per (degradation, method); ties go to the earlier point."""
+  out: dict[tuple[str, str], dict[str, Any]] = {}
+  for row in rows:
+    key = (row["degradation"], row["method"])
+    if key not in out or row["val_accuracy"] > out[key]["val_accuracy"]:
+      out[key] = row
+  return out
+
+
+def markdown(rows: Sequence[dict[str, Any]], grid: Grid) -> str:
+  """Validation accuracy (%) per point (rows) and degradation/method (columns); the best of a column in bold."""
+  columns = list(dict.fromkeys((r["degradation"], r["method"]) for r in rows))
+  winners = best(rows)
+  keys = [k for k, _ in grid]
+  header = [*keys, *(f"{d}/{m}" for d, m in columns)]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for name in dict.fromkeys(r["point"] for r in rows):
+    cells = {(r["degradation"], r["method"]): r for r in rows if r["point"] == name}
+    first = next(iter(cells.values()))
+    out = [str(first[k]) for k in keys]
+    for col in columns:
+      r = cells.get(col)
+      text = f"{100 * r['val_accuracy']:.1f}" if r else "-"
+      out.append(f"**{text}**" if r is not None and winners[col] is r else text)
+    lines.append("| " + " | ".join(out) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: Sequence[dict[str, Any]], grid: Grid, workdir: str) -> str:
+  """Writes tune.csv and tune.md; returns the Markdown."""
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=["point", *(k for k, _ in grid), "degradation", "method", "val_accuracy"])
+  writer.writeheader()
+  writer.writerows(rows)
+  md = markdown(rows, grid)
+  fileio.write_text(os.path.join(workdir, "tune.csv"), buf.getvalue())
+  fileio.write_text(os.path.join(workdir, "tune.md"), md)
+  return md
+
+
+def _tune_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
+  grid = parse_grid(_GRID.value, config)
+  methods = tuned_methods(config, _METHODS.value)
+  rows = run(config, workdir, grid, methods)
+  if not multihost.is_primary():
+    return
+  md = write_tables(rows, grid, workdir)
+  print(f"\nTop-1 accuracy (%) on the {config.validation_split} split:\n")
+  print(md)
+  for (deg, method), row in best(rows).items():
+    flags_text = " ".join(f"--config.{k}={row[k]}" for k, _ in grid)
+    print(f"best for {deg}/{method}: {flags_text}  ({100 * row['val_accuracy']:.1f}%)")
+  print(f"Tables: {os.path.join(workdir, 'tune.md')} and tune.csv")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise cli.app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cli.run_command(_tune_and_report)
+
+
+if __name__ == "__main__":
+  cli.run(main)
