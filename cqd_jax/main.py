@@ -50,7 +50,7 @@ USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoin
                checkpoint.NonFiniteError)
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
   """An error message on one line (ml_collections' messages span several)."""
   return " ".join(str(e).split())
 
@@ -117,7 +117,7 @@ def run_command(body: Callable[[ml_collections.ConfigDict, str], None]) -> None:
   except USER_ERRORS as e:
     if _VERBOSE.value:
       raise
-    print(f"error: {_one_line(e)}", file=sys.stderr)
+    print(f"error: {one_line(e)}", file=sys.stderr)
     # Exit at once: after a failed Orbax restore, TensorStore reads still in flight call back into a closed
     # asyncio loop during interpreter shutdown and print "Event loop is closed" tracebacks. The filter in
     # checkpoint.restore_latest catches those raised while running; a plain sys.exit still let one through

@@ -17,12 +17,14 @@ import copy
 import csv
 import io
 import itertools
+import math
 import os
 from typing import Any, Sequence
 
 from absl import flags
 import ml_collections
 
+from cqd_jax import checkpoint
 from cqd_jax import config_lib
 from cqd_jax import fileio
 from cqd_jax import main as cli
@@ -127,10 +129,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, grid: Grid, methods: Se
     if share_teacher:
       _link_teachers(experiment, point, teacher_dir, point_dir)
     experiment.say(f"tune: point {i + 1}/{len(points)}: {name}")
-    for row in _run_point(experiment, point, point_dir):
-      if row["method"] in methods:
-        rows.append({"point": name, **dict(assignment), "degradation": row["degradation"],
-                     "method": row["method"], "val_accuracy": row["accuracy_b"]})
+    try:
+      scores = {(r["degradation"], r["method"]): r["accuracy_b"] for r in _run_point(experiment, point, point_dir)}
+    except checkpoint.NonFiniteError as e:  # a setting that diverges is a result of the search, not its end
+      experiment.say(f"tune: point {name} diverged: {cli.one_line(e)}")
+      scores = {}
+    for deg in point.degradations:
+      for method in methods:
+        rows.append({"point": name, **dict(assignment), "degradation": deg, "method": method,
+                     "val_accuracy": scores.get((deg, method), math.nan)})
   return rows
 
 
@@ -155,17 +162,21 @@ def _link_teachers(experiment, config: ml_collections.ConfigDict, teacher_dir: s
 
 
 def best(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-  """The row with the highest validation accuracy per (degradation, method); ties go to the earlier point."""
+  """The row with the highest validation accuracy per (degradation, method); ties go to the earlier point and
+  diverged points (NaN) never win."""
   out: dict[tuple[str, str], dict[str, Any]] = {}
   for row in rows:
     key = (row["degradation"], row["method"])
+    if math.isnan(row["val_accuracy"]):
+      continue
     if key not in out or row["val_accuracy"] > out[key]["val_accuracy"]:
       out[key] = row
   return out
 
 
 def markdown(rows: Sequence[dict[str, Any]], grid: Grid) -> str:
-  """Validation accuracy (%) per point (rows) and degradation/method (columns); the best of a column in bold."""
+  """Validation accuracy (%) per point (rows) and degradation/method (columns); the best of a column in bold,
+  "diverged" where the loss or a gradient stopped being finite."""
   columns = list(dict.fromkeys((r["degradation"], r["method"]) for r in rows))
   winners = best(rows)
   keys = [k for k, _ in grid]
@@ -177,8 +188,8 @@ def markdown(rows: Sequence[dict[str, Any]], grid: Grid) -> str:
     out = [str(first[k]) for k in keys]
     for col in columns:
       r = cells.get(col)
-      text = f"{100 * r['val_accuracy']:.1f}" if r else "-"
-      out.append(f"**{text}**" if r is not None and winners[col] is r else text)
+      text = "-" if r is None else "diverged" if math.isnan(r["val_accuracy"]) else f"{100 * r['val_accuracy']:.1f}"
+      out.append(f"**{text}**" if r is not None and winners.get(col) is r else text)
     lines.append("| " + " | ".join(out) + " |")
   return "\n".join(lines) + "\n"
 

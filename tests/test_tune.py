@@ -70,13 +70,18 @@ def test_grid_on_validation_teacher_once_and_extension(tmp_path):
   assert [r["point"] for r in rows] == ["temperature=1,weight=0", "temperature=10,weight=0"]
   assert rows[0]["val_accuracy"] == rows[1]["val_accuracy"]
 
-  second = run_cli(workdir, *TINY, "--grid=distill.temperature=1,10", "--grid=distill.weight=0,50", base=False,
-                   main=TUNE)
+  # A larger grid: only the new points train, and the diverging lambda = 1e300 is a result, not the end.
+  second = run_cli(workdir, *TINY, "--grid=distill.temperature=1,10", "--grid=distill.weight=0,50,1e300",
+                   base=False, main=TUNE)
   assert second.returncode == 0, second.stderr[-6000:]
   assert "stage train_a@crop: 4 steps" not in second.stderr
-  assert second.stderr.count("stage lowres/cqd: 4 steps") == 2  # only the two new points train
+  assert second.stderr.count("stage lowres/cqd: 4 steps") == 2
+  assert second.stderr.count("diverged: stage lowres/cqd: the loss or a gradient was not finite") == 2
   rows = _rows(workdir / "tune.csv")
-  assert {r["point"] for r in rows} == {f"temperature={t},weight={w}" for t in (1, 10) for w in (0, 50)}
+  assert {r["point"] for r in rows} == {f"temperature={t},weight={w}" for t in (1, 10) for w in (0, 50, "1e+300")}
+  diverged = [r for r in rows if r["distill.weight"] == "1e+300"]
+  assert [r["val_accuracy"] for r in diverged] == ["nan", "nan"]
+  rows = [r for r in rows if r not in diverged]
   for r in rows:
     point = workdir / "points" / r["point"]
     config = json.loads((point / "config.json").read_text())
@@ -91,7 +96,8 @@ def test_grid_on_validation_teacher_once_and_extension(tmp_path):
     assert teacher.is_symlink() and os.path.realpath(teacher) == str(workdir / "teacher" / "stages" / "train_a@crop")
   table = (workdir / "tune.md").read_text()
   assert "| distill.temperature | distill.weight | lowres/cqd |" in table
-  assert table.count("**") == 2  # one best cell
+  assert table.count("**") == 2  # one best cell, never a diverged one
+  assert table.count("| diverged |") == 2
 
 
 def test_bad_grid_is_one_error_line(tmp_path):
