@@ -7,6 +7,9 @@ their box, so only the whole-image degradations apply (the paper uses whole car 
 
   lowres  A = image, B = the image at 36 px (the paper's 50 px at 224), upsampled
   edges   A = image, B = its edge map
+
+T and lambda on the validation split: python -m cqd_jax.tune --config=configs/cars_subset.py:edges
+  --workdir=/tmp/tune_cars --grid=distill.temperature=1,2,5,10 --grid=distill.weight=12.5,50 --methods=cqd
 """
 
 import os
