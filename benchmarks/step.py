@@ -115,13 +115,14 @@ class JaxStep:
     if cached_teacher:  # the batch is the whole "data set": records 0..n-1
       batch = {**batch, "record": np.arange(len(batch["label"]), dtype=np.int32)}
       table = train.teacher_logits_table(self.model.apply, self.teacher_variables, view_a,
-                                         [{**batch, "mask": np.ones(len(batch["label"]), bool)}], mesh)
+                                         [{**batch, "mask": np.ones(len(batch["label"]), bool)}], mesh,
+                                         ynn_fusions=config.xla_cpu_ynn_fusions)
       self.teacher = train.replicate(table, mesh)
     self.batch = train.shard_batch(batch, mesh)
     step = train.jit_train_step(
         mesh, method=get_method("cqd"), view_a=view_a, view_b=degrade.make_view(f"{VIEW_A}+lowres", size, params),
         teacher_apply=None if cached_teacher else self.model.apply, distill=config.distill, flip=False,
-        crop_margin=0.0)
+        crop_margin=0.0, ynn_fusions=config.xla_cpu_ynn_fusions)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.teacher, self.batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -179,6 +180,14 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
       fn()
       times[name].append(time.perf_counter() - start)
   return times
+
+
+def compare_variants(variants: dict[str, Callable[[], "JaxStep"]], repeats: int, batch: int) -> dict[str, float]:
+  """Builds each variant's step, calls each once untimed (compile), times them interleaved; img/s by variant."""
+  steps = {name: build() for name, build in variants.items()}
+  for fn in steps.values():
+    fn()
+  return {k: batch / statistics.median(v) for k, v in time_interleaved(steps, repeats).items()}
 
 
 def matmul_peak(torch_device: str) -> dict[str, float]:

@@ -9,8 +9,6 @@ live/cached time (the speed-up) are printed. The one-off cost of the table (two 
 training image) is not in these numbers. Timings depend on the machine and its load.
 """
 
-import statistics
-
 from absl import app
 from absl import flags
 
@@ -29,13 +27,11 @@ def main(argv: list[str]) -> None:
   for name in _MODELS.value:
     for size in map(int, _SIZES.value):
       batch = bench_step.make_batch(size, _BATCH.value, _CLASSES.value)
-      steps = {"live": bench_step.JaxStep(name, size, batch, _CLASSES.value),
-               "cached": bench_step.JaxStep(name, size, batch, _CLASSES.value, cached_teacher=True)}
-      for fn in steps.values():
-        fn()
-      times = {k: statistics.median(v) for k, v in bench_step.time_interleaved(steps, _REPEATS.value).items()}
-      rates = {k: _BATCH.value / t for k, t in times.items()}
-      print(f"{name:<20}{size:>5}{rates['live']:>12.1f}{rates['cached']:>14.1f}{times['live'] / times['cached']:>9.2f}x",
+      rates = bench_step.compare_variants(
+          {"live": lambda: bench_step.JaxStep(name, size, batch, _CLASSES.value),
+           "cached": lambda: bench_step.JaxStep(name, size, batch, _CLASSES.value, cached_teacher=True)},
+          _REPEATS.value, _BATCH.value)
+      print(f"{name:<20}{size:>5}{rates['live']:>12.1f}{rates['cached']:>14.1f}{rates['cached'] / rates['live']:>9.2f}x",
             flush=True)
 
 

@@ -209,7 +209,7 @@ class Runner:
     step_fn = train.jit_train_step(
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
         teacher_apply=self.teacher_model.apply if method.distill and not cached else None, distill=config.distill,
-        flip=config.augment.flip, crop_margin=config.augment.crop_margin)
+        flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
     bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
@@ -267,7 +267,8 @@ class Runner:
       batches = input_pipeline.eval_batches(self.data.builder, "train", batch_size=self.config.eval_batch_size,
                                             image_size=self.config.dataset.storage_size or None)
       self._teacher_tables[key] = train.teacher_logits_table(
-          self.teacher_model.apply, teacher, _view(self.config, stage.view_a), batches, self.mesh)
+          self.teacher_model.apply, teacher, _view(self.config, stage.view_a), batches, self.mesh,
+          ynn_fusions=self.config.xla_cpu_ynn_fusions)
       say(f"stage {stage.name}: cached the teacher's logits on {len(self._teacher_tables[key])} training images "
           f"(both flips) in {time.time() - t0:.1f}s")
     return self._teacher_tables[key]
@@ -278,7 +279,8 @@ class Runner:
     if key not in self._eval_fns:
       self._eval_fns[key] = train.jit_eval_step(self.mesh, apply_fn=self._model_for(stage).apply,
                                                 view_a=_view(self.config, stage.view_a),
-                                                view_b=_view(self.config, view_b))
+                                                view_b=_view(self.config, view_b),
+                                                ynn_fusions=self.config.xla_cpu_ynn_fusions)
     return self._eval_fns[key]
 
   def evaluate(self, stage: Stage, variables: dict[str, Any], view_b: str, split: str | None = None

@@ -11,6 +11,7 @@ replicated, so the same code runs data-parallel on any number of devices, of one
 import functools
 from typing import Any, Callable, Iterable, Mapping
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -201,7 +202,8 @@ def train_step(state: TrainState, teacher_variables: Variables | jax.Array | Non
 
 
 def teacher_logits_table(teacher_apply: Callable[..., jax.Array], teacher_variables: Variables, view_a: View,
-                         batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh) -> np.ndarray:
+                         batches: Iterable[Mapping[str, np.ndarray]], mesh: Mesh, *, ynn_fusions: str = ""
+                         ) -> np.ndarray:
   """The teacher's logits [num_records, 2, K] on view A of each record, as stored and mirrored.
 
   `batches` are ordered padded batches of the training split (input_pipeline.eval_batches); row i of the
@@ -218,7 +220,8 @@ def teacher_logits_table(teacher_apply: Callable[..., jax.Array], teacher_variab
     return jnp.stack(out, axis=1), batch["mask"]  # the global mask: each process's batch holds its rows only
 
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  fn = jax.jit(both_flips, in_shardings=(replicated, data), out_shardings=replicated)
+  fn = jax.jit(both_flips, in_shardings=(replicated, data), out_shardings=replicated,
+               compiler_options=compiler_options(ynn_fusions))
   variables = replicate(teacher_variables, mesh)
   rows = []
   for batch in batches:
@@ -290,15 +293,47 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(leaf, tree)
 
 
-def jit_train_step(mesh: Mesh, **static) -> Callable:
-  """Compiles `train_step` for `mesh`, donating the old state's buffers."""
+# XLA:CPU's YNNPACK fusion kinds (xla_cpu_experimental_ynn_fusion_type), by config.xla_cpu_ynn_fusions names.
+YNN_FUSIONS = ("dot", "reduce", "eltwise", "individual_dot", "individual_convolution")
+
+
+def check_ynn_fusions(value: str, key: str = "xla_cpu_ynn_fusions") -> None:
+  """ValueError naming `key` unless `value` is "" or comma-separated YNN_FUSIONS names."""
+  unknown = [t for t in value.split(",") if t.strip() not in YNN_FUSIONS] if value else []
+  if unknown:
+    raise ValueError(f"config key {key}={value!r}: unknown fusion kind {unknown[0]!r}; known: "
+                     f"{', '.join(YNN_FUSIONS)} (comma-separated), or '' for XLA's default")
+
+
+@functools.cache
+def compiler_options(ynn_fusions: str) -> dict[str, str]:
+  """XLA compiler options for the jitted steps: on the CPU backend, the YNNPACK fusion kinds `ynn_fusions`
+  ("" = XLA's default). Empty elsewhere, and (with a warning) where this jaxlib does not know the option:
+  it is experimental, so it is tried once on a tiny program first."""
+  if not ynn_fusions or jax.default_backend() != "cpu":
+    return {}
+  check_ynn_fusions(ynn_fusions)
+  value = ",".join(f"LIBRARY_FUSION_TYPE_{t.strip().upper()}" for t in ynn_fusions.split(","))
+  options = {"xla_cpu_experimental_ynn_fusion_type": value}
+  try:
+    jax.jit(lambda x: x @ x, compiler_options=options).lower(jnp.ones((2, 2))).compile()
+  except Exception as e:  # pylint: disable=broad-except (jaxlib raises its own error types)
+    logging.warning("XLA:CPU ignores xla_cpu_ynn_fusions=%r here (%s); using XLA's default fusions",
+                    ynn_fusions, " ".join(str(e).split())[:200])
+    return {}
+  return options
+
+
+def jit_train_step(mesh: Mesh, *, ynn_fusions: str = "", **static) -> Callable:
+  """Compiles `train_step` for `mesh`, donating the old state's buffers (`ynn_fusions`: compiler_options)."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(functools.partial(train_step, **static), donate_argnums=(0,),
-                 in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated))
+                 in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated),
+                 compiler_options=compiler_options(ynn_fusions))
 
 
-def jit_eval_step(mesh: Mesh, **static) -> Callable:
+def jit_eval_step(mesh: Mesh, *, ynn_fusions: str = "", **static) -> Callable:
   """Compiles `eval_step` for `mesh`."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(functools.partial(eval_step, **static), in_shardings=(replicated, data, replicated),
-                 out_shardings=replicated)
+                 out_shardings=replicated, compiler_options=compiler_options(ynn_fusions))

@@ -127,6 +127,7 @@ def assert_nothing_written(workdir) -> None:
     ("--config.dataset.options.test_per_class=0", ["dataset.options", "test_per_class", ">= 1"]),
     ("--config.eval_split=nope", ["eval_split", "'nope'", "available: train, validation, test"]),
     ("--config.compute_dtype=float8", ["compute_dtype='float8'", "bfloat16"]),
+    ("--config.xla_cpu_ynn_fusions=dot,conv", ["xla_cpu_ynn_fusions='dot,conv'", "'conv'", "individual_dot"]),
     ("--config.eval_split=test[:5", ["eval_split", "test[:5", "train[:90%]"]),
 ])
 def test_bad_config_value_is_one_line_error(tmp_path, override, culprits):

@@ -208,6 +208,27 @@ def test_bfloat16_compute_keeps_float32_parameters(setup):
   assert float(metrics["loss"]) != float(metrics_f32["loss"])  # it did compute in another precision
 
 
+def test_ynn_fusions_compile_option_trains_alike(setup):
+  """xla_cpu_ynn_fusions reaches XLA:CPU as a per-program compiler option and changes speed, not results."""
+  assert train.compiler_options("") == {}
+  options = train.compiler_options("dot,reduce")
+  assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  method = methods.get_method("cqd")
+  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
+                              teacher_apply=setup["model"].apply, distill=helpers.distill_config(), flip=True,
+                              ynn_fusions="dot,reduce")
+  state, base = _state(setup, method), _state(setup, method)
+  reference = _step_fn(setup, method)
+  for _ in range(2):
+    state, metrics = step(state, setup["teacher"], setup["batch"])
+    base, base_metrics = reference(base, setup["teacher"], setup["batch"])
+    np.testing.assert_allclose(float(metrics["loss"]), float(base_metrics["loss"]), rtol=1e-5)
+  assert _max_abs_diff(helpers.flatten(jax.device_get(state.params)),
+                       helpers.flatten(jax.device_get(base.params))) < 1e-5
+  with pytest.raises(ValueError, match="config key xla_cpu_ynn_fusions='dot,matmul'.*'matmul'"):
+    train.check_ynn_fusions("dot,matmul")
+
+
 # --------------------------------------------------------------------------------------------------- augment
 
 def test_random_flip_moves_boxes_with_images():
