@@ -1,6 +1,6 @@
 """Times the fused CQD step with the live teacher against the step reading cached teacher logits.
 
-    python -m benchmarks.teacher_cache [--models=small_cnn,resnet18] [--sizes=32,112] [--batch=32] [--repeats=5]
+    python -m benchmarks.teacher_cache [--models=small_cnn,resnet18] [--sizes=32,112] [--batch=32] [--repeats=3]
 
 Takes benchmarks.step's flags. For each model and size, benchmarks.step.JaxStep built twice from the same weights and batch: the teacher run
 in every step, and `cached_teacher=True` (config.distill.cache_teacher: the logits read from a table computed
