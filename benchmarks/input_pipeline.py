@@ -79,7 +79,7 @@ class Step:
         self.mesh, method=method, view_a=degrade.make_view(degradation.a, config.image_size, params),
         view_b=degrade.make_view(degradation.b, config.image_size, params),
         teacher_apply=teacher.apply if method.distill else None, distill=config.distill, flip=config.augment.flip,
-        crop_margin=config.augment.crop_margin)
+        crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     self.images = len(batch["label"]) * jax.process_count()
     self.views = f"{degradation.a} -> {degradation.b}"
 
