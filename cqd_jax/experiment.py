@@ -55,6 +55,11 @@ class Stage:
   view_b: str
   teacher: str | None  # stage whose final model is the teacher / initialisation
 
+  @property
+  def dirname(self) -> str:
+    """The stage's name as one path component (stages/<dirname>, tensorboard/<dirname>)."""
+    return self.name.replace("/", "__")
+
 
 def teacher_stage_name(view_a: str) -> str:
   return f"{TEACHER_METHOD}@{view_a.replace('+', '_')}"
@@ -76,7 +81,7 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
 
 def stage_dir(workdir: str, stage: Stage) -> str:
   """Where a stage keeps its checkpoints and result."""
-  return os.path.join(workdir, "stages", stage.name.replace("/", "__"))
+  return os.path.join(workdir, "stages", stage.dirname)
 
 
 @dataclasses.dataclass
@@ -210,7 +215,7 @@ class Runner:
         self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
         teacher_apply=self.teacher_model.apply if method.distill and not cached else None, distill=config.distill,
         flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
-    writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.name.replace("/", "__")),
+    writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.dirname),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
     bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
                     dynamic_ncols=True, leave=True, disable=not config.progress_bar or not multihost.is_primary())

@@ -15,7 +15,7 @@ import json
 import os
 import socket
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -96,16 +96,20 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def run_command(body: Callable[[ml_collections.ConfigDict, str], None]) -> None:
+def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
+                check: Callable[[ml_collections.ConfigDict], Any] | None = None) -> None:
   """What every command does around its `body(config, workdir)`: starts jax.distributed if asked, validates
-  the config, checks the workdir and its stored config, and turns user errors into one `error:` line (exit
-  1) and a preemption into the signal's exit status, with its checkpoint saved."""
+  the config (and runs the command's own `check` of its flags against it) before the workdir is touched,
+  checks the workdir and its stored config, and turns user errors into one `error:` line (exit 1) and a
+  preemption into the signal's exit status, with its checkpoint saved."""
   logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
   try:
     multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)  # before any JAX call
     config = _CONFIG.value
     config_lib.validate(config)
+    if check is not None:
+      check(config)
     workdir = prepare_workdir(_WORKDIR.value)
     config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value, write=multihost.is_primary())
     body(config, workdir)

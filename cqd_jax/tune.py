@@ -151,14 +151,14 @@ def _link_teachers(experiment, config: ml_collections.ConfigDict, teacher_dir: s
   """Links the shared teacher's finished stages into a point's workdir, where experiment.run skips them."""
   if not multihost.is_primary():
     return
-  os.makedirs(os.path.join(point_dir, "stages"), exist_ok=True)
   for stage in experiment.plan(config):
     if stage.method != TEACHER_METHOD:
       continue
-    name = os.path.basename(experiment.stage_dir(point_dir, stage))
-    link = os.path.join(point_dir, "stages", name)
+    link = experiment.stage_dir(point_dir, stage)
     if not os.path.lexists(link):
-      os.symlink(os.path.join("..", "..", "..", "teacher", "stages", name), link)
+      os.makedirs(os.path.dirname(link), exist_ok=True)
+      # Relative, so the whole tune workdir can be moved.
+      os.symlink(os.path.relpath(experiment.stage_dir(teacher_dir, stage), os.path.dirname(link)), link)
 
 
 def best(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -206,9 +206,15 @@ def write_tables(rows: Sequence[dict[str, Any]], grid: Grid, workdir: str) -> st
   return md
 
 
+def _grid_and_methods(config: ml_collections.ConfigDict) -> tuple[Grid, list[str]]:
+  """The --grid and --methods flags, checked against `config` (ConfigError naming the flag or key)."""
+  grid, methods = parse_grid(_GRID.value, config), tuned_methods(config, _METHODS.value)
+  validation_config(config, methods)
+  return grid, methods
+
+
 def _tune_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
-  grid = parse_grid(_GRID.value, config)
-  methods = tuned_methods(config, _METHODS.value)
+  grid, methods = _grid_and_methods(config)
   rows = run(config, workdir, grid, methods)
   if not multihost.is_primary():
     return
@@ -224,7 +230,7 @@ def _tune_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise cli.app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.run_command(_tune_and_report)
+  cli.run_command(_tune_and_report, check=_grid_and_methods)
 
 
 if __name__ == "__main__":

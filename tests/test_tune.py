@@ -105,3 +105,4 @@ def test_bad_grid_is_one_error_line(tmp_path):
   assert "--grid='distill.temprature=1,2': config key distill.temprature is missing" in error_line(result)
   result = run_cli(tmp_path / "w", *TINY, "--grid=distill.weight=1", "--methods=train_a", base=False, main=TUNE)
   assert "--methods: train_a is the teacher" in error_line(result)
+  assert not (tmp_path / "w").exists()  # refused before the workdir is made
