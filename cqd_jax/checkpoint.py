@@ -9,6 +9,7 @@ one with the best validation accuracy when steps carry that metric. A later stag
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -75,13 +76,17 @@ def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: An
     _check_process_count(os.path.join(manager.directory, str(step), "data"))
     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
   _silence_closed_loop_callbacks()
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addFilter(_orphaned_restore_task_errors)  # kept after a failure: the reports come late
   try:
-    return manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    restored = manager.restore(step, args=ocp.args.Composite(**items))["state"]
   except Exception as e:  # Orbax raises many types for unreadable or mismatched trees.
     raise CheckpointError(
         f"checkpoint {manager.directory}/{step} cannot be restored ({type(e).__name__}: {_first_line(e)}); "
         "it is corrupt or was written for another model/class count: delete it or use a fresh --workdir"
     ) from e
+  asyncio_logger.removeFilter(_orphaned_restore_task_errors)
+  return restored
 
 
 def _check_process_count(data_dir: str) -> None:
@@ -115,6 +120,13 @@ def _silence_closed_loop_callbacks() -> None:
 
   unraisable.cqd_filtered = True
   sys.unraisablehook, sys.excepthook = unraisable, excepthook
+
+
+def _orphaned_restore_task_errors(record: logging.LogRecord) -> bool:
+  """False for asyncio's 'Task exception was never retrieved' report of Orbax's other array reads, which
+  fail like the one already reported when a restore fails; True (keep) for every other record."""
+  message = record.getMessage()
+  return not (message.startswith("Task exception was never retrieved") and "orbax" in message)
 
 
 def _first_line(e: Exception) -> str:
