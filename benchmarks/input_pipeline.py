@@ -1,13 +1,15 @@
 """Times the experiment's grain train loader against its fused train step: does the input keep the step fed?
 
     python -m benchmarks.input_pipeline [--config=configs/demo.py] [--workdir=/tmp/cqd_bench_input] [--steps=N]
-        [--rounds=R] [--method=cqd] [--worker_count=N]
+        [--rounds=R] [--method=cqd] [--worker_count=N] [--cache_mb=M]
 
 Builds (once, into <workdir>/data unless config.dataset.data_dir names a built one) the config's TFDS data set
 and times, in the same run and in turn (R rounds, median reported):
   loader  input_pipeline.train_loader on the train split exactly as experiment.Runner.train makes it (the
-          per-process batch, config.dataset.storage_size, config.dataset.worker_count unless --worker_count),
-          each round a fresh iterator: one batch untimed (start-up), then N batches timed;
+          per-process batch, config.dataset.storage_size, config.dataset.worker_count unless --worker_count,
+          config.dataset.cache_mb unless --cache_mb), each round a fresh iterator: one batch untimed
+          (start-up), then N batches timed; the decoded-example cache lives in the loader, so round 1 decodes
+          the first epoch from the files and later rounds read what fits the cache;
   step    the jitted fused train step of `method` (default cqd, on the config's first degradation) for the
           config's model and teacher, built as Runner.train builds it, on one loader batch already on the
           devices: one call untimed (compile), then N steps timed (dispatched back to back, then waited for).
@@ -43,6 +45,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Rounds of loader then step; the med
 _METHOD = flags.DEFINE_string("method", "cqd", "Method of the timed train step.")
 _WORKERS = flags.DEFINE_integer("worker_count", None, "Grain worker processes (default: config.dataset.worker_count).",
                                 lower_bound=0)
+_CACHE_MB = flags.DEFINE_float("cache_mb", None, "Decoded-example cache, MiB (default: config.dataset.cache_mb).",
+                               lower_bound=0)
 
 READ_AHEAD = grain.ReadOptions().prefetch_buffer_size  # records the read threads fetch ahead of the consumer
 
@@ -99,9 +103,11 @@ def main(argv: list[str]) -> None:
   config_lib.validate(config)
   data = experiment.prepare_data(config, _WORKDIR.value)
   workers = config.dataset.worker_count if _WORKERS.value is None else _WORKERS.value
+  cache_mb = config.dataset.cache_mb if _CACHE_MB.value is None else _CACHE_MB.value
   per_process = config.batch_size // jax.process_count()
   loader = input_pipeline.train_loader(data.builder, "train", batch_size=per_process, seed=config.seed,
-                                       image_size=config.dataset.storage_size or None, worker_count=workers)
+                                       image_size=config.dataset.storage_size or None, worker_count=workers,
+                                       cache_mb=cache_mb)
   step = Step(config, data.num_classes, _METHOD.value, next(iter(loader)))
   start = time.perf_counter()
   step.run(1)
@@ -116,7 +122,8 @@ def main(argv: list[str]) -> None:
     step_rates.append(step.run(_STEPS.value))
     print(f"round {r + 1}: loader {loader_rates[-1]:.0f} img/s, step {step_rates[-1]:.1f} img/s", flush=True)
   pipeline, fused = statistics.median(loader_rates), statistics.median(step_rates)
-  print(f"loader ({workers} workers, {input_pipeline.read_threads()} read threads): {pipeline:.0f} img/s; "
+  print(f"loader ({workers} workers, {input_pipeline.read_threads()} read threads, cache {cache_mb:g} MiB): "
+        f"{pipeline:.0f} img/s; "
         f"step: {fused:.1f} img/s; pipeline / step = {pipeline / fused:.1f} (bar: >= 3)")
 
 

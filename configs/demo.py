@@ -39,6 +39,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.dataset.manual_dir = ""
   config.dataset.storage_size = 0  # images are resized to this square size when read; 0: as stored (64 px)
   config.dataset.worker_count = 0  # grain worker processes; 0 reads in the main process (enough here)
+  config.dataset.cache_mb = 1024  # decoded training images kept in memory (MiB, per process); 5 MB here
   config.dataset.options = dict(num_classes=20, image_size=64, train_per_class=20, validation_per_class=10,
                                 test_per_class=40, seed=0)
   config.eval_split = "test"

@@ -198,7 +198,8 @@ class Runner:
     state = self._template(stage, teacher if method.init_from_teacher else None)
     loader = input_pipeline.train_loader(self.data.builder, "train", batch_size=config.batch_size // jax.process_count(),
                                          seed=config.seed, image_size=config.dataset.storage_size or None,
-                                         worker_count=config.dataset.worker_count)
+                                         worker_count=config.dataset.worker_count,
+                                         cache_mb=config.dataset.cache_mb)
     data_iter = iter(loader)
     manager = self._manager(stage)
     restored = checkpoint.restore_latest(manager, state, data_iter)

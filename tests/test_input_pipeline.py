@@ -252,3 +252,34 @@ def test_worker_process_matches_in_process(builder):
     return _take(iter(loader), 5)
 
   _assert_batches_equal(batches(1), batches(0))
+
+
+def test_cached_loader_gives_the_same_batches(builder):
+  # 5 batches of 4 are about two epochs of 12 examples: the second is read from the cache.
+  cached = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0, image_size=40, cache_mb=1)
+  plain = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0, image_size=40)
+  _assert_batches_equal(_take(iter(cached), 5), _take(iter(plain), 5))
+  assert len(cached._data_source._cache) == 12 and not plain._data_source._cache
+  # A fresh iterator (e.g. after a restore) reads from the same cache.
+  _assert_batches_equal(_take(iter(cached), 5), _take(iter(plain), 5))
+  # The cache never grows past its budget: 40 * 40 * 3 image bytes + 24 bytes of label, bbox and record.
+  small = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0, image_size=40,
+                                      cache_mb=3.5 * 4824 / 2**20)
+  _assert_batches_equal(_take(iter(small), 5), _take(iter(plain), 5))
+  assert len(small._data_source._cache) == 3
+
+
+def test_cached_records_are_copies(builder):
+  records = input_pipeline._records(builder, "train", None, cache_bytes=2**20)
+  first = records[0]
+  first["image"] = None
+  assert records[0]["image"] is not None
+  assert [ex["record"] for ex in records.__getitems__([2, 0, 2])] == [2, 0, 2]
+  assert sorted(records._cache) == [0, 2]
+
+
+@pytest.mark.timeout(120)
+def test_worker_process_with_cache_matches_in_process(builder):
+  loader = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0, worker_count=1, cache_mb=1)
+  plain = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0)
+  _assert_batches_equal(_take(iter(loader), 7), _take(iter(plain), 7))
