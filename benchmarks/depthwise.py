@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cqd_jax.models import depthwise
+from cqd_jax.models import windows
 
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation and shape (median reported).")
@@ -32,7 +33,7 @@ SHAPES = ((112, 96, 3, 2), (56, 144, 3, 1), (28, 240, 5, 1), (14, 480, 3, 1), (1
 
 
 def _shift_autodiff(x: jax.Array, kernel: jax.Array, strides: int) -> jax.Array:
-  pads = depthwise._pads(x.shape[1:3], kernel.shape[:2], strides, "SAME")  # pylint: disable=protected-access
+  pads = windows.window_pads(x.shape[1:3], kernel.shape[:2], strides, "SAME")
   return depthwise._shift_forward(x, kernel, strides, pads)  # pylint: disable=protected-access
 
 

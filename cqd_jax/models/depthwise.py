@@ -17,7 +17,6 @@ depthwise weight (C, 1, kh, kw) transposes (2, 3, 1, 0) to it).
 import functools
 import math
 import numbers
-from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -25,49 +24,16 @@ import jax.numpy as jnp
 from jax import lax
 
 from cqd_jax.models.common import Dtype
+from cqd_jax.models.windows import Padding, resolve_impl, window_pads, window_taps
 
-Padding = str | Sequence[tuple[int, int]]
-_IMPLS = ("auto", "lax", "shift")
 # Batch-chunk size (bytes of input per chunk) for the kernel gradient: the fastest of 256 KiB / 1 MiB / 4 MiB
 # in a probe on a 2-core x86 CPU (EfficientNet-Lite0 layer shapes, batch 32).
 _DW_CHUNK_BYTES = 1 << 20
 
 
-def resolve_impl(impl: str) -> str:
-  """"lax" or "shift" for `impl`; "auto" is "shift" on the CPU backend (slow grouped conv there), else "lax"."""
-  if impl not in _IMPLS:
-    raise ValueError(f"Unknown depthwise impl {impl!r}; expected one of {_IMPLS}.")
-  if impl == "auto":
-    return "shift" if jax.default_backend() == "cpu" else "lax"
-  return impl
-
-
-def _pads(spatial: tuple[int, int], window: tuple[int, int], strides: int,
-          padding: Padding) -> tuple[tuple[int, int], tuple[int, int]]:
-  """(lo, hi) padding per spatial dim; "SAME"/"VALID" exactly as lax (TF "same": extra row/col at bottom/right)."""
-  if isinstance(padding, str):
-    pads = lax.padtype_to_pads(spatial, window, (strides, strides), padding.upper())
-  else:
-    pads = padding
-  pads = tuple((int(lo), int(hi)) for lo, hi in pads)
-  if len(pads) != 2 or any(p < 0 for pair in pads for p in pair):
-    raise ValueError(f"Padding must be 'SAME', 'VALID' or two non-negative (lo, hi) pairs, got {padding!r}.")
-  return pads  # type: ignore[return-value]
-
-
 def _acc_dtype(dtype: Dtype) -> Dtype:
   """Accumulate low-precision inputs in float32 (as convolutions do), float32/64 in their own type."""
   return jnp.promote_types(dtype, jnp.float32)
-
-
-def _taps(xp: jax.Array, kh: int, kw: int, strides: int, out_hw: tuple[int, int]):
-  """Yields (i, j, xp[:, i::s, j::s, :] cut to the output size) for every kernel tap, row-major."""
-  n, _, _, c = xp.shape
-  ho, wo = out_hw
-  for i in range(kh):
-    for j in range(kw):
-      yield i, j, lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * strides + 1, j + (wo - 1) * strides + 1, c),
-                            (1, strides, strides, 1))
 
 
 def _shift_forward(x: jax.Array, kernel: jax.Array, strides: int, pads) -> jax.Array:
@@ -78,7 +44,7 @@ def _shift_forward(x: jax.Array, kernel: jax.Array, strides: int, pads) -> jax.A
   wo = (xp.shape[2] - kw) // strides + 1
   w = kernel.astype(acc)
   out = None
-  for i, j, tap in _taps(xp, kh, kw, strides, (ho, wo)):
+  for i, j, tap in window_taps(xp, kh, kw, strides, (ho, wo)):
     term = tap * w[i, j, 0]
     out = term if out is None else out + term
   return out.astype(x.dtype)
@@ -132,7 +98,7 @@ def _shift_grad_kernel(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...]
     xc, gc = xg
     xp = jnp.pad(xc, ((0, 0), pads[0], pads[1], (0, 0))).astype(acc)
     gc = gc.astype(acc)
-    return jnp.stack([jnp.sum(tap * gc, axis=(0, 1, 2)) for _, _, tap in _taps(xp, kh, kw, strides, (ho, wo))])
+    return jnp.stack([jnp.sum(tap * gc, axis=(0, 1, 2)) for _, _, tap in window_taps(xp, kh, kw, strides, (ho, wo))])
 
   xs = x.reshape(n // chunk, chunk, *x.shape[1:])
   gs = g.reshape(n // chunk, chunk, *g.shape[1:])
@@ -177,7 +143,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: int = 1, padding: P
   if not isinstance(strides, numbers.Integral) or strides < 1:
     raise ValueError(f"strides must be a positive int, got {strides!r}.")
   strides = int(strides)
-  pads = _pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+  pads = window_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   if resolve_impl(impl) == "lax":
     return lax.conv_general_dilated(x, kernel, (strides, strides), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                     feature_group_count=x.shape[3])

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from cqd_jax.models.common import Dtype, ModuleDef, batch_norm, normalize_images
+from cqd_jax.models.pooling import max_pool
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -107,7 +108,7 @@ class ResNet(nn.Module):
     x = normalize_images(x, self.dtype)
     x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+    x = max_pool(x, 3, 2, _pad(3))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = self.block_cls(

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from cqd_jax.models.common import Dtype, batch_norm, normalize_images
+from cqd_jax.models.pooling import max_pool
 
 
 class SmallCNN(nn.Module):
@@ -26,7 +27,7 @@ class SmallCNN(nn.Module):
     x = normalize_images(x, self.dtype)
     for i, width in enumerate(self.widths):
       if i > 0:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, 2, 2)
       x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
     x = jnp.mean(x, axis=(1, 2))

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cqd_jax.models.common import Dtype, normalize_images
+from cqd_jax.models.pooling import max_pool
 
 # Output channels of each 3x3 conv; "M" is a 2x2/s2 max-pool (torchvision's configuration "D").
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -60,7 +61,7 @@ class VGG(nn.Module):
     index = 0  # Position in torchvision's `features` Sequential: each conv is followed by a ReLU.
     for layer in self.layers:
       if layer == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool(x, 2, 2)
         index += 1
       else:
         x = nn.Conv(layer, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"features_{index}")(x)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from cqd_jax.models.common import Dtype, batch_norm, normalize_images
+from cqd_jax.models.pooling import max_pool
 
 # (features, kernel size, stride, max-pool after) for conv1..conv5.
 _CONVS = ((96, 7, 2, True), (256, 5, 2, True), (512, 3, 1, False), (512, 3, 1, False),
@@ -37,7 +38,7 @@ class VGGM(nn.Module):
                   use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(norm(name=f"bn{i}")(x))
       if pool:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        x = max_pool(x, 3, 2, "SAME")
     x = jnp.mean(x, axis=(1, 2))
     for name in ("fc6", "fc7"):
       x = nn.relu(nn.Dense(self.fc_width, dtype=self.dtype, name=name)(x))
