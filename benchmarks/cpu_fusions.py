@@ -10,7 +10,6 @@ on the machine and its load.
 """
 
 import copy
-import statistics
 
 from absl import app
 from absl import flags
@@ -18,33 +17,20 @@ from absl import flags
 from benchmarks import step as bench_step
 
 _FUSIONS = flags.DEFINE_multi_string("fusion", ["", "dot,reduce"], "xla_cpu_ynn_fusions values to compare.")
-_MODELS, _SIZES, _BATCH, _REPEATS, _CLASSES = (bench_step._MODELS, bench_step._SIZES, bench_step._BATCH,  # pylint: disable=protected-access
-                                               bench_step._REPEATS, bench_step._CLASSES)  # pylint: disable=protected-access
+
+
+def build(name: str, size: int, batch, fusion: str) -> bench_step.JaxStep:
+  """The step compiled with `fusion` as config.xla_cpu_ynn_fusions."""
+  config = copy.deepcopy(bench_step.base_config())
+  config.degrade_params.lowres.low = bench_step.paper_low(size)
+  config.xla_cpu_ynn_fusions = fusion
+  return bench_step.JaxStep(name, size, batch, bench_step._CLASSES.value, config)  # pylint: disable=protected-access
 
 
 def main(argv: list[str]) -> None:
   del argv
-  names = [f or "(XLA default)" for f in _FUSIONS.value]
-  print(f"batch {_BATCH.value}, {_CLASSES.value} classes, median of {_REPEATS.value} interleaved steps; "
-        f"speed-up and first-loss difference against {names[0]}")
-  print(f"{'model':<20}{'size':>5}  " + "".join(f"{n[:18]:>20}" for n in names))
-  for name in _MODELS.value:
-    for size in map(int, _SIZES.value):
-      batch = bench_step.make_batch(size, _BATCH.value, _CLASSES.value)
-      steps = {}
-      for fusion in _FUSIONS.value:
-        config = copy.deepcopy(bench_step.base_config())
-        config.degrade_params.lowres.low = bench_step.paper_low(size)
-        config.xla_cpu_ynn_fusions = fusion
-        steps[fusion] = bench_step.JaxStep(name, size, batch, _CLASSES.value, config)
-      first = {k: fn() for k, fn in steps.items()}  # same weights and batch: the losses should agree
-      times = bench_step.time_interleaved(steps, _REPEATS.value)
-      rates = {k: _BATCH.value / statistics.median(t) for k, t in times.items()}
-      base = _FUSIONS.value[0]
-      cells = [f"{rates[k]:.1f} ({rates[k] / rates[base]:.2f}x, {abs(first[k] - first[base]) / abs(first[base]):.0e})"
-               for k in _FUSIONS.value]
-      print(f"{name:<20}{size:>5}  " + "".join(f"{c:>20}" for c in cells), flush=True)
-      del steps
+  bench_step.variant_table(lambda name, size, batch: {f: build(name, size, batch, f) for f in _FUSIONS.value},
+                           [f or "(XLA default)" for f in _FUSIONS.value])
 
 
 if __name__ == "__main__":

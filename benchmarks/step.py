@@ -21,7 +21,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -182,12 +182,32 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[st
   return times
 
 
-def compare_variants(variants: dict[str, Callable[[], "JaxStep"]], repeats: int, batch: int) -> dict[str, float]:
-  """Builds each variant's step, calls each once untimed (compile), times them interleaved; img/s by variant."""
-  steps = {name: build() for name, build in variants.items()}
-  for fn in steps.values():
-    fn()
-  return {k: batch / statistics.median(v) for k, v in time_interleaved(steps, repeats).items()}
+def compare_variants(steps: dict[str, Callable[[], float]], repeats: int, batch: int
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+  """Calls each step once untimed (compile, warm-up), then times them interleaved: (img/s, first-step loss)
+  by variant."""
+  first = {name: fn() for name, fn in steps.items()}
+  times = time_interleaved(steps, repeats)
+  return {k: batch / statistics.median(v) for k, v in times.items()}, first
+
+
+def variant_table(variants: Callable[[str, int, dict[str, np.ndarray]], dict[str, Callable[[], float]]],
+                  labels: Sequence[str]) -> None:
+  """For each --models and --sizes, the steps `variants(model, size, batch)` builds (the same weights and batch)
+  compared by `compare_variants`; prints per variant img/s, speed-up over the first and the first-step
+  loss's relative difference from the first's (float rounding when the variants compute the same step)."""
+  print(f"batch {_BATCH.value}, {_CLASSES.value} classes, median of {_REPEATS.value} interleaved steps; "
+        f"speed-up and first-loss difference against {labels[0]}")
+  print(f"{'model':<20}{'size':>5}  " + "".join(f"{n[:22]:>24}" for n in labels))
+  for name in _MODELS.value:
+    for size in map(int, _SIZES.value):
+      steps = variants(name, size, make_batch(size, _BATCH.value, _CLASSES.value))
+      rates, first = compare_variants(steps, _REPEATS.value, _BATCH.value)
+      base = next(iter(steps))
+      cells = [f"{rates[k]:.1f} ({rates[k] / rates[base]:.2f}x, {abs(first[k] - first[base]) / abs(first[base]):.0e})"
+               for k in steps]
+      print(f"{name:<20}{size:>5}  " + "".join(f"{c:>24}" for c in cells), flush=True)
+      del steps
 
 
 def matmul_peak(torch_device: str) -> dict[str, float]:
