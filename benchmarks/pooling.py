@@ -30,8 +30,9 @@ def build(name: str, size: int, batch, impl: str) -> bench_step.JaxStep:
 
 def main(argv: list[str]) -> None:
   del argv
-  bench_step.variant_table(lambda name, size, batch: {impl: build(name, size, batch, impl) for impl in ("lax", "shift")},
-                           ["lax pooling", "shift pooling"])
+  bench_step.variant_table(
+      lambda name, size, batch: {impl: build(name, size, batch, impl) for impl in ("lax", "shift")},
+      ["lax pooling", "shift pooling"])
 
 
 if __name__ == "__main__":
