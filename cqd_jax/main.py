@@ -71,7 +71,7 @@ def _flag_error(e: BaseException, argv: list[str]) -> str:
   return " ".join(lines)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with errors as one `error: ...` line (the traceback with --verbose)."""
   try:
     return flags.FLAGS(argv)
@@ -100,8 +100,8 @@ def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
                 check: Callable[[ml_collections.ConfigDict], Any] | None = None) -> None:
   """What every command does around its `body(config, workdir)`: starts jax.distributed if asked, validates
   the config (and runs the command's own `check` of its flags against it) before the workdir is touched,
-  checks the workdir and its stored config, and turns user errors into one `error:` line (exit 1) and a
-  preemption into the signal's exit status, with its checkpoint saved."""
+  checks the workdir and its stored config, and turns user errors into one `error:` line (SystemExit(1)) and
+  a preemption into SystemExit(128 + the signal number), with its checkpoint saved."""
   logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
   try:
     multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
@@ -115,20 +115,12 @@ def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
     body(config, workdir)
   except checkpoint.Preempted as e:
     print(str(e), file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(128 + e.signum)  # the shell convention for "killed by this signal"
+    raise SystemExit(128 + e.signum) from None  # the shell convention for "killed by this signal"
   except USER_ERRORS as e:
     if _VERBOSE.value:
       raise
     print(f"error: {one_line(e)}", file=sys.stderr)
-    # Exit at once: after a failed Orbax restore, TensorStore reads still in flight call back into a closed
-    # asyncio loop during interpreter shutdown and print "Event loop is closed" tracebacks. The filter in
-    # checkpoint.restore_latest catches those raised while running; a plain sys.exit still let one through
-    # in 1 of 6 runs.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
+    raise SystemExit(1) from None
 
 
 def _train_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -151,7 +143,18 @@ def main(argv: list[str]) -> None:
 
 def run(entry: Callable[[list[str]], None] = main) -> None:
   """Entry point of the `cqd-jax` console script (and, with its `main`, of `cqd_jax.tune`)."""
-  app.run(entry, flags_parser=_parse_flags)
+  try:
+    app.run(entry, flags_parser=parse_flags)
+  except SystemExit as e:
+    if not e.code:
+      raise
+    # A failed run exits at once: after a failed Orbax restore, TensorStore reads still in flight call back
+    # into a closed asyncio loop during interpreter shutdown and print "Event loop is closed" tracebacks. The
+    # filter in checkpoint.restore_latest catches those raised while running; a plain exit still let one
+    # through in 1 of 6 runs.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(e.code if isinstance(e.code, int) else 1)
 
 
 if __name__ == "__main__":
