@@ -41,14 +41,17 @@ class NonFiniteError(RuntimeError):
 
 def make_manager(directory: str, *, save_every: int, keep: int = 2, track_best: bool = False
                  ) -> ocp.CheckpointManager:
-  """A manager for one stage: saves every `save_every` steps and keeps the last `keep` steps, plus (with
-  `track_best`) the step with the highest `BEST_METRIC`; leftovers of interrupted saves are removed."""
+  """A manager for one stage: saves every `save_every` steps (not also the first step, as Orbax's default
+  policy does) and keeps the last `keep` steps, plus (with `track_best`) the step with the highest
+  `BEST_METRIC`; leftovers of interrupted saves are removed."""
   metric = lambda metrics: metrics[BEST_METRIC]
   policies = [ocp.checkpoint_managers.LatestN(n=keep)]
   if track_best:
     policies.append(ocp.checkpoint_managers.BestN(get_metric_fn=metric, n=1, keep_checkpoints_without_metrics=False))
+  saving = ocp.checkpoint_managers.AnySavePolicy([ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
+                                                  ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+      save_decision_policy=saving, preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
       best_fn=metric if track_best else None, best_mode="max", cleanup_tmp_directories=True, create=True)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))
 

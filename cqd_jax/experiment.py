@@ -176,6 +176,7 @@ class Runner:
     """The number of skipped non-finite updates; with on_nonfinite="stop", raises NonFiniteError if any."""
     skipped = int(jax.device_get(state.skipped))
     if skipped and self.config.on_nonfinite == "stop":
+      manager.wait_until_finished()  # the checkpoint named below is complete on disk before the process exits
       good = manager.latest_step()
       where = (f"{manager.directory}/{good}" if good is not None
                else "none (re-running starts the stage from scratch)")

@@ -32,10 +32,13 @@ def test_keeps_the_latest_k_and_the_best(tmp_path):
 
 def test_without_validation_keeps_the_latest_k(tmp_path):
   manager = checkpoint.make_manager(str(tmp_path), save_every=2, keep=3)
+  saved = []
   for step in range(1, 11):
     if manager.should_save(step):
       checkpoint.save(manager, step, {"w": jnp.ones(2)})
+      saved.append(step)
   manager.wait_until_finished()
+  assert saved == [2, 4, 6, 8, 10]  # every save_every steps, not also the first step
   assert _steps(tmp_path) == [6, 8, 10]
   manager.close()
 
