@@ -298,7 +298,8 @@ def _mismatch_report(arch: str, missing: list[str], unexpected: list[str], shape
 
 def to_flax(state_dict: Mapping[str, np.ndarray], arch: str, variables_template: Variables, *,
             keep_head: bool) -> dict[str, Any]:
-  """Fills the template's tree (from `model.init`) with torchvision-named weights; every leaf must match.
+  """Fills the template's tree (from `model.init`, or its shapes from jax.eval_shape when keep_head) with
+  torchvision-named weights; every leaf must match.
 
   keep_head=False leaves the template's freshly initialised `head` (torchvision's classifier, e.g. `fc.*`, is
   skipped), the
@@ -396,4 +397,6 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int, init_from:
   keep_head = head in state_dict and state_dict[head].shape[0] == model.num_classes
   logging.info("Initialising %s from %s (%s).", arch, init_from,
                "classifier included" if keep_head else f"classifier re-initialised for {model.num_classes} classes")
-  return to_flax(state_dict, arch, init(), keep_head=keep_head)
+  # Every leaf comes from the file when the classifier is kept: the template needs shapes only.
+  template = jax.eval_shape(init) if keep_head else init()
+  return to_flax(state_dict, arch, template, keep_head=keep_head)
