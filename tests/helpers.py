@@ -1,10 +1,10 @@
-"""Tiny models, batches and configs shared by the train and CLI tests.
+"""Tiny models, batches, configs and runs shared by the tests, and the skips they may make.
 
 Run as a script it trains a few steps of one method on a fixed global batch over all devices (of all
 processes, with --coordinator_address, --num_processes and --process_id) and saves the losses and final
 variables to an .npz (process i > 0: <out>.<i>.npz), and with --eval_workdir also the evaluation of a tiny data
-set; tests/test_multidevice.py runs it (start_steps) with 1 and 8 forced CPU devices and as 2 processes of
-4 devices, and compares:
+set; tests/test_multidevice.py runs it (start_steps) with 8 forced CPU devices and as 2 processes of 4
+devices, and compares them with the same steps run in the test process on 1 device:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/helpers.py --out=/tmp/p8.npz
 """
@@ -12,13 +12,17 @@ set; tests/test_multidevice.py runs it (start_steps) with 1 and 8 forced CPU dev
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import errno
-import functools
+import io
 import os
+import pathlib
+import shutil
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -49,8 +53,36 @@ CLI_TINY_ARGS = [
 CLI_METHODS = ("train_a", "train_b", "cqd")
 
 
+# The only reasons a test may skip (conftest.py fails any other skip); reasons start with one of these.
+NO_TORCH = "torch is not installed"
+NO_SHARED_DATA = "the real data samples in ../shared/data are absent"
+AS_ROOT = "root can write anyway"
+ALLOWED_SKIPS = (NO_TORCH, NO_SHARED_DATA, AS_ROOT)
+SHARED_DATA = os.path.join(REPO, "..", "shared", "data")
+
+
+def require_torch():
+  """torch, or a skip (allowed: torch is an optional extra)."""
+  import pytest
+  try:
+    import torch
+  except ImportError:
+    pytest.skip(NO_TORCH)
+  return torch
+
+
+def require_shared_data(*parts: str) -> pathlib.Path:
+  """A path under ../shared/data, or a skip (allowed) when it is absent."""
+  import pytest
+  path = pathlib.Path(SHARED_DATA, *parts)
+  if not path.exists():
+    pytest.skip(f"{NO_SHARED_DATA} ({path})")
+  return path
+
+
 def subprocess_env(num_devices: int | None = None) -> dict[str, str]:
-  """The current environment on CPU, with `num_devices` forced host devices (None: XLA_FLAGS unset)."""
+  """The current environment on CPU (with conftest.py's compilation settings), with `num_devices` forced host
+  devices (None: XLA_FLAGS unset)."""
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("XLA_FLAGS", None)
@@ -162,6 +194,7 @@ def evaluate_tiny(workdir: str, test_per_class: int = 10) -> dict[str, np.ndarra
 
   config = tiny_experiment_config()
   config.dataset.options.test_per_class = test_per_class
+  config.eval_batch_size = 16  # 40 test images: the last batch is padded
   data = experiment.prepare_data(config, workdir)
   runner = experiment.Runner(config, workdir, data)
   stage = experiment.plan(config)[0]
@@ -183,39 +216,6 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
-
-
-_COLLECTIVE_PROBE = """
-import sys
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
-jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]), initialization_timeout=60)
-assert multihost_utils.process_allgather(np.int32(jax.process_index())).tolist() == [0, 1]
-"""
-
-
-@functools.lru_cache(maxsize=None)
-def multiprocess_unsupported() -> str | None:
-  """None if two JAX processes on 127.0.0.1 can run a collective on this machine's CPU, else why not (for a
-  skip reason): the 2-process tests need jax.distributed and CPU collectives (gloo) over the loopback."""
-  args = [sys.executable, "-c", _COLLECTIVE_PROBE, f"127.0.0.1:{free_port()}"]
-  procs = [subprocess.Popen(args + [str(i)], cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  try:
-    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
-  except subprocess.TimeoutExpired:
-    return "two JAX processes on 127.0.0.1 did not finish one CPU collective within 120 s"
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  for proc, output in zip(procs, outputs):
-    if proc.returncode:
-      lines = [l for l in output.splitlines() if "Error" in l] or output.splitlines() or ["no output"]
-      return f"two JAX processes on 127.0.0.1 cannot run a CPU collective here: {lines[-1].strip()}"
-  return None
 
 
 def start_steps(out: str, *, num_devices: int, steps: int, batch_size: int, num_processes: int = 1,
@@ -272,21 +272,23 @@ def main(argv: list[str]) -> None:
 
 
 def tiny_experiment_config():
-  """configs/demo.py:lowres shrunk to seconds (4 steps, 4 classes, a 2-layer CNN), for in-process runs."""
+  """The config that CLI_TINY_ARGS makes of configs/demo.py:lowres, for in-process runs (test_teacher_cache
+  checks that the two agree)."""
   import importlib.util
   spec = importlib.util.spec_from_file_location("demo_config", os.path.join(REPO, "configs", "demo.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("lowres")
   config.num_steps = 4
-  config.checkpoint_every = 2
   config.log_every = 2
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.progress_bar = False
-  config.dataset.options = dict(num_classes=4, image_size=32, train_per_class=5, validation_per_class=1,
-                                test_per_class=2, seed=0)
+  config.checkpoint_every = 2
+  config.batch_size = 16
+  config.eval_batch_size = 40
+  config.dataset.options.update(num_classes=NUM_CLASSES, train_per_class=8, validation_per_class=2,
+                                test_per_class=5)
   config.model.options.widths = WIDTHS
+  config.methods = CLI_METHODS
+  config.progress_bar = False
   return config
 
 
@@ -316,6 +318,123 @@ class FullDiskFile:
     self.f.write(data[:FULL_DISK_ROOM])
     self.f.flush()
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# ------------------------------------------------------------------------------ the command line, in-process
+
+@dataclasses.dataclass
+class CliResult:
+  """What a run of the command line gave: its exit status and what it printed."""
+
+  returncode: int
+  stdout: str
+  stderr: str
+
+
+def run_cli_in_process(args: list[str], entry: Callable[[list[str]], None] | None = None) -> CliResult:
+  """Runs `python -m cqd_jax.main args` (or `entry`, e.g. cqd_jax.tune.main) in this process: the flags are
+  parsed by the command line's own parser and `entry` runs as app.run runs it, so the `error:` line and the
+  exit status are what a user sees (cqd_jax.main.run then leaves with that status). Flags are reset after."""
+  from absl import flags
+  from cqd_jax import main as cli
+  entry = entry or cli.main
+  argv = ["cqd_jax.main", *args]
+  stdout, stderr = io.StringIO(), io.StringIO()
+  saved_argv, saved_cwd = sys.argv, os.getcwd()
+  _reset_flags()
+  sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
+  os.chdir(REPO)  # config paths are relative to the repository, as in the README
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      try:
+        entry(cli.parse_flags(argv))
+        code = 0
+      except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+  finally:
+    sys.argv = saved_argv
+    os.chdir(saved_cwd)
+    _reset_flags()
+    flags.FLAGS.mark_as_parsed()
+  return CliResult(code, stdout.getvalue(), stderr.getvalue())
+
+
+def _reset_flags() -> None:
+  """Every flag back to its default, and the per-run --config.* override flags gone."""
+  from absl import flags
+  flags.FLAGS.unparse_flags()
+  for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+    delattr(flags.FLAGS, name)
+
+
+def error_line(result: CliResult | subprocess.CompletedProcess) -> str:
+  """The single `error: ...` line of a failed run's stderr, checked to be a one-liner without a traceback."""
+  assert result.returncode != 0, f"expected a failure\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+  assert "Traceback" not in result.stderr, result.stderr[-4000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1, f"expected one 'error:' line in stderr:\n{result.stderr[-4000:]}"
+  return lines[0]
+
+
+def run_cli(workdir, *extra: str, base: bool = True, num_devices: int | None = None,
+            main: tuple[str, ...] = ("-m", "cqd_jax.main"), timeout: float = 300) -> subprocess.CompletedProcess:
+  """Runs the command line as a user does, in a subprocess (`main`: how python starts it) on `num_devices`
+  forced CPU devices, with the tiny config unless `base` is False."""
+  args = [sys.executable, *main, f"--workdir={workdir}", *(CLI_TINY_ARGS if base else []), *extra]
+  return subprocess.run(args, cwd=REPO, env=subprocess_env(num_devices), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@dataclasses.dataclass
+class TinyRun:
+  """A finished run of the tiny config: its workdir, what the command printed, and the train-step and
+  evaluation functions it compiled (jax.jit objects, in creation order)."""
+
+  workdir: pathlib.Path
+  result: CliResult
+  train_steps: list[Any]
+  eval_steps: list[Any]
+
+
+STAGES = ("train_a@crop", "lowres__train_b", "lowres__cqd")  # the tiny run's stage directories, in run order
+
+
+@contextlib.contextmanager
+def recording_compiles() -> Iterator[tuple[list[Any], list[Any]]]:
+  """Records the jitted train steps and evaluations that cqd_jax.train makes while the block runs."""
+  from cqd_jax import train
+  made = ([], [])
+  originals = train.jit_train_step, train.jit_eval_step
+
+  def recorder(make, out):
+    def wrapper(*args, **kwargs):
+      fn = make(*args, **kwargs)
+      out.append(fn)
+      return fn
+    return wrapper
+
+  train.jit_train_step, train.jit_eval_step = recorder(originals[0], made[0]), recorder(originals[1], made[1])
+  try:
+    yield made
+  finally:
+    train.jit_train_step, train.jit_eval_step = originals
+
+
+def finished_tiny_run(workdir: pathlib.Path) -> TinyRun:
+  """Runs the tiny config to the end in `workdir` (see conftest.tiny_run)."""
+  with recording_compiles() as (train_steps, eval_steps):
+    result = run_cli_in_process([f"--workdir={workdir}", *CLI_TINY_ARGS])
+  assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
+  return TinyRun(workdir, result, train_steps, eval_steps)
+
+
+def copy_run(run: TinyRun, to: pathlib.Path, *, drop: tuple[str, ...] = ()) -> pathlib.Path:
+  """A copy of a finished run's workdir at `to`, without the stage directories `drop` (which a command run
+  on the copy then trains again); returns the copy's path."""
+  shutil.copytree(run.workdir, to, symlinks=True)
+  for stage in drop:
+    shutil.rmtree(to / "stages" / stage)
+  return to
 
 
 if __name__ == "__main__":
