@@ -91,6 +91,7 @@ def _corrupt_cub(manual) -> None:
   (root / "images" / fx.cub_filename(fx.images(fx.CUB_COUNTS)[5])).write_bytes(b"not an image")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, culprits", [
     (["--dataset=cqd_synthetic", "--num_classes=50"], ["num_classes", "[2, 20]", "50"]),
     (["--dataset=cqd_synthetic", "--test_per_class=0"], ["test_per_class", ">= 1"]),
@@ -109,6 +110,7 @@ def test_build_errors_are_one_line(tmp_path, args, culprits):
   assert not list((tmp_path / "data").glob("**/1.0.0"))  # No data set version directory.
 
 
+@pytest.mark.slow
 def test_build_error_with_verbose_shows_the_traceback(tmp_path):
   result = _build(tmp_path / "data", "--dataset=cqd_synthetic", "--num_classes=50", "--verbose")
   assert result.returncode != 0 and "Traceback" in result.stderr and "num_classes" in result.stderr

@@ -108,6 +108,7 @@ def _rebuild_and_compare(args: list[str], leftover: pathlib.Path, reference, **o
   _assert_same_data_set(rebuilt, reference)
 
 
+@pytest.mark.slow
 def test_killed_synthetic_build_reads_as_unbuilt_and_rebuilds_identically(tmp_path):
   data_dir = tmp_path / "data"
   for test_per_class in TEST_PER_CLASS:
@@ -141,6 +142,7 @@ _SELF_KILL = f"""
 """
 
 
+@pytest.mark.slow
 def test_killed_cub_build_reads_as_unbuilt_and_rebuilds_identically(tmp_path):
   fx.write_cub(tmp_path / "manual")
   args = _build_args("cub_paired", tmp_path / "data", manual_dir=tmp_path / "manual")

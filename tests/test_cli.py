@@ -1,40 +1,22 @@
 """End-to-end tests of `python -m cqd_jax.main` on a tiny config: results, resuming, and one-line errors.
 
-One finished workdir (three stages of 4 steps on 4 classes) is shared by the tests through a module fixture;
-the error cases fail during validation, before any training, so they cost only the interpreter start-up.
+The finished run (conftest.tiny_run: three stages of 4 steps on 4 classes) is shared by the tests. Error
+messages are checked in this process through the command line's own flag parser and entry point
+(helpers.run_cli_in_process), so the `error:` line and exit status are the user's; a few subprocess runs
+check what only a real process shows: the exit status after a failed restore, the missing traceback beside
+TensorStore's late callbacks, `--verbose`, and forced CPU devices.
 """
 
 import csv
+import json
 import os
-import shutil
-import subprocess
-import sys
-import time
 
+import numpy as np
 import pytest
 
 import helpers
-
-TIMEOUT = 300
-
-
-def run_cli(workdir, *extra: str, base: bool = True, num_devices: int | None = None,
-            main: tuple[str, ...] = ("-m", "cqd_jax.main")) -> subprocess.CompletedProcess:
-  """Runs the command line (`main`: how python starts it) on `num_devices` forced CPU devices."""
-  args = [sys.executable, *main, f"--workdir={workdir}"]
-  args += helpers.CLI_TINY_ARGS if base else []
-  args += list(extra)
-  return subprocess.run(args, cwd=helpers.REPO, env=helpers.subprocess_env(num_devices), capture_output=True,
-                        text=True, timeout=TIMEOUT)
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-  """The single `error: ...` line of a failed run's stderr, checked to be a one-liner without a traceback."""
-  assert result.returncode != 0, f"expected a failure\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-  assert "Traceback" not in result.stderr, result.stderr[-4000:]
-  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-  assert len(lines) == 1, f"expected one 'error:' line in stderr:\n{result.stderr[-4000:]}"
-  return lines[0]
+from helpers import error_line, run_cli, run_cli_in_process
+from cqd_jax import fileio
 
 
 def read_csv(path) -> list[dict]:
@@ -42,20 +24,8 @@ def read_csv(path) -> list[dict]:
     return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-  """A workdir where the tiny config ran to the end, with the result of that run and its wall time."""
-  workdir = tmp_path_factory.mktemp("cli") / "work"
-  t0 = time.time()
-  result = run_cli(workdir)
-  elapsed = time.time() - t0
-  assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-6000:]}"
-  return workdir, result, elapsed
-
-
-def test_end_to_end_writes_results(finished):
-  workdir, result, _ = finished
-  assert "Traceback" not in result.stderr
+def test_end_to_end_writes_results(tiny_run):
+  workdir, result = tiny_run.workdir, tiny_run.result
   # The Markdown table on stdout: header, separator, train_a on A and on B, then the other methods.
   assert "| method | test | lowres |" in result.stdout
   assert "|---|---|---|" in result.stdout
@@ -71,15 +41,13 @@ def test_end_to_end_writes_results(finished):
       assert 0.0 <= float(r[key]) <= 1.0
       # 4 classes x 5 test images: every accuracy is a multiple of 1/20.
       assert abs(float(r[key]) * 20 - round(float(r[key]) * 20)) < 1e-4
-  for stage in ("train_a@crop", "lowres__train_b", "lowres__cqd"):
+  for stage in helpers.STAGES:
     assert (workdir / "stages" / stage / "result.json").is_file(), stage
     assert (workdir / "stages" / stage / "checkpoints" / "4").is_dir(), stage
 
 
-def test_overrides_reached_the_config(finished):
-  import json
-  workdir, _, _ = finished
-  config = json.loads((workdir / "config.json").read_text())
+def test_overrides_reached_the_config(tiny_run):
+  config = json.loads((tiny_run.workdir / "config.json").read_text())
   assert config["model"]["options"]["widths"] == [8, 16]
   assert config["methods"] == list(helpers.CLI_METHODS)
   assert config["num_steps"] == 4 and config["batch_size"] == 16
@@ -87,18 +55,16 @@ def test_overrides_reached_the_config(finished):
   assert config["dataset"]["options"]["num_classes"] == 4
 
 
-def test_rerun_skips_finished_stages(finished):
-  workdir, _, first_elapsed = finished
+def test_rerun_skips_finished_stages(tiny_run, tmp_path):
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work")
   before = (workdir / "results.csv").read_bytes()
-  t0 = time.time()
-  result = run_cli(workdir)
-  elapsed = time.time() - t0
+  with helpers.recording_compiles() as (train_steps, _):
+    result = run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS])
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stderr.count("finished earlier, skipping") == 3, result.stderr
-  assert " steps in " not in result.stderr, "a finished stage was trained again"
+  assert " steps in " not in result.stderr and not train_steps, "a finished stage was trained again"
   assert (workdir / "results.csv").read_bytes() == before
   assert "| cqd | B | " in result.stdout
-  assert elapsed < first_elapsed, (elapsed, first_elapsed)
 
 
 # ----------------------------------------------------------------------------------------- one-line errors
@@ -126,46 +92,69 @@ def assert_nothing_written(workdir) -> None:
     ("--config.dataset.name=nope", ["dataset.name", "nope", "cqd_synthetic"]),
     ("--config.dataset.options.test_per_class=0", ["dataset.options", "test_per_class", ">= 1"]),
     ("--config.eval_split=nope", ["eval_split", "'nope'", "available: train, validation, test"]),
+    ("--config.validation_split=valid", ["validation_split='valid'", "no split 'valid'", "available: train"]),
     ("--config.compute_dtype=float8", ["compute_dtype='float8'", "bfloat16"]),
     ("--config.xla_cpu_ynn_fusions=dot,conv", ["xla_cpu_ynn_fusions='dot,conv'", "'conv'", "individual_dot"]),
     ("--config.eval_split=test[:5", ["eval_split", "test[:5", "train[:90%]"]),
 ])
 def test_bad_config_value_is_one_line_error(tmp_path, override, culprits):
   workdir = tmp_path / "work"
-  line = error_line(run_cli(workdir, override))
+  result = run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args(override)])
+  assert result.returncode == 1
+  line = error_line(result)
   for culprit in culprits:
     assert culprit in line, line
   assert_nothing_written(workdir)
 
 
-@pytest.mark.parametrize("key", ["batch_size", "eval_batch_size"])
-def test_batch_not_divisible_by_device_count(tmp_path, key):
-  """On 2 (forced CPU) devices a batch of 15 cannot be split: refused before the data set is built."""
+@pytest.mark.slow
+def test_batch_not_divisible_by_device_count(tmp_path, monkeypatch):
+  """On 2 (forced CPU) devices a batch of 15 cannot be split: refused before the data set is built. The
+  subprocess runs on 2 real devices; eval_batch_size takes the same path with the count patched."""
   workdir = tmp_path / "work"
-  line = error_line(run_cli(workdir, f"--config.{key}=15", num_devices=2))
-  assert f"config key {key}=15 " in line and "device count (2)" in line, line
+  result = run_cli(workdir, "--config.batch_size=15", num_devices=2)
+  assert result.returncode == 1
+  line = error_line(result)
+  assert "config key batch_size=15 " in line and "device count (2)" in line, line
+  assert_nothing_written(workdir)
+  import jax
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args("--config.eval_batch_size=15")]))
+  assert "config key eval_batch_size=15 " in line and "device count (2)" in line, line
   assert_nothing_written(workdir)
 
 
-# The command line on a disk that is full: every file fileio writes takes 10 bytes, then fails with ENOSPC.
-_FULL_DISK_MAIN = """
-import builtins, sys
-sys.path.insert(0, "tests")
-import helpers
-from cqd_jax import fileio, main
-
-fileio.open = lambda path, mode="r": helpers.FullDiskFile(builtins.open(path, mode))
-main.run()
-"""
-
-
-def test_full_disk_is_one_line_error(tmp_path):
+def test_full_disk_is_one_line_error(tmp_path, monkeypatch):
+  """Every file fileio writes takes FULL_DISK_ROOM bytes, then fails with ENOSPC: the first is config.json."""
+  import builtins
+  monkeypatch.setattr(fileio, "open", lambda path, mode="r": helpers.FullDiskFile(builtins.open(path, mode)),
+                      raising=False)
   workdir = tmp_path / "work"
-  line = error_line(run_cli(workdir, main=("-c", _FULL_DISK_MAIN)))
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS]))
   assert "No space left on device" in line and str(workdir / "config.json") in line, line
   assert list(workdir.iterdir()) == []  # Neither config.json nor its temporary file.
 
 
+def test_full_disk_on_a_later_write_keeps_the_old_file(tiny_run, tmp_path, monkeypatch):
+  """A full disk while the results table is rewritten (the last write of a run): the error names results.md,
+  which keeps its complete old contents, and no temporary file is left."""
+  import builtins
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work")
+  old = (workdir / "results.md").read_text()
+  real_open = builtins.open
+
+  def opener(path, mode="r"):
+    full = os.path.basename(path).startswith(".results.tmp") and path.endswith(".md")
+    return helpers.FullDiskFile(real_open(path, mode)) if full else real_open(path, mode)
+
+  monkeypatch.setattr(fileio, "open", opener, raising=False)
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS]))
+  assert "No space left on device" in line and str(workdir / "results.md") in line, line
+  assert (workdir / "results.md").read_text() == old
+  assert not [p for p in workdir.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
 def test_verbose_shows_traceback(tmp_path):
   result = run_cli(tmp_path / "work", "--config.optimizer.lr=-1", "--verbose")
   assert result.returncode != 0
@@ -178,16 +167,9 @@ def test_read_only_workdir(tmp_path):
   parent.mkdir()
   parent.chmod(0o555)
   try:
-    probe = parent / "probe"
-    try:
-      probe.write_text("x")
-      writable = True
-      probe.unlink()
-    except OSError:
-      writable = False
-    if writable or os.access(parent, os.W_OK):
-      pytest.skip("chmod 555 does not block writes here (running as root)")
-    line = error_line(run_cli(parent / "work"))
+    if os.access(parent, os.W_OK):
+      pytest.skip(f"{helpers.AS_ROOT}: chmod 555 does not block writes here")
+    line = error_line(run_cli_in_process([f"--workdir={parent / 'work'}", *helpers.CLI_TINY_ARGS]))
     assert str(parent / "work") in line and "writable" in line, line
   finally:
     parent.chmod(0o755)
@@ -197,30 +179,28 @@ def test_workdir_under_a_file(tmp_path):
   """A workdir that cannot be created (works as root too, unlike chmod)."""
   blocker = tmp_path / "a_file"
   blocker.write_text("not a directory")
-  line = error_line(run_cli(blocker / "work"))
+  line = error_line(run_cli_in_process([f"--workdir={blocker / 'work'}", *helpers.CLI_TINY_ARGS]))
   assert str(blocker / "work") in line and "writable" in line, line
 
 
-def test_changed_config_is_refused(finished):
-  workdir, _, _ = finished
+def test_changed_config_is_refused(tiny_run, tmp_path):
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work")
   stored = (workdir / "config.json").read_bytes()
-  line = error_line(run_cli(workdir, "--config.optimizer.lr=0.01"))
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args("--config.optimizer.lr=0.01")]))
   assert "optimizer.lr" in line and str(workdir / "config.json") in line, line
   assert (workdir / "config.json").read_bytes() == stored
   # Keys that do not change results (log_every) are not refused; nothing is retrained.
-  result = run_cli(workdir, "--config.log_every=1")
+  result = run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args("--config.log_every=1")])
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stderr.count("finished earlier, skipping") == 3
 
 
-def test_corrupt_checkpoint_is_one_line_error(finished, tmp_path):
-  source, _, _ = finished
-  workdir = tmp_path / "work"
-  shutil.copytree(source, workdir)
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_one_line_error(tiny_run, tmp_path):
+  """A real process: after the failed restore, TensorStore's reads still in flight must not print tracebacks."""
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work", drop=("lowres__train_b", "lowres__cqd"))
   stage = workdir / "stages" / "train_a@crop"
   (stage / "result.json").unlink()
-  for later in ("lowres__train_b", "lowres__cqd"):
-    shutil.rmtree(workdir / "stages" / later)
   step_dir = stage / "checkpoints" / "4"
   garbled = 0
   for path in sorted((step_dir / "state").rglob("*")):
@@ -228,20 +208,20 @@ def test_corrupt_checkpoint_is_one_line_error(finished, tmp_path):
       path.write_bytes(b"\x00garbage" * 3)
       garbled += 1
   assert garbled > 0, sorted(str(p) for p in step_dir.rglob("*"))
-  line = error_line(run_cli(workdir))
+  result = run_cli(workdir)
+  assert result.returncode == 1
+  line = error_line(result)
   assert str(step_dir) in line, line
   assert not (stage / "result.json").exists()
 
 
 @pytest.mark.parametrize("change", ["--config.model.options.widths=(8,32)",
                                     "--config.dataset.options.num_classes=3"], ids=["architecture", "classes"])
-def test_teacher_from_another_model_is_one_line_error(finished, tmp_path, change):
+def test_teacher_from_another_model_is_one_line_error(tiny_run, tmp_path, change):
   """A teacher checkpoint that does not fit the configured model: a clear error, not a shape traceback."""
-  source, _, _ = finished
-  workdir = tmp_path / "work"
-  shutil.copytree(source, workdir)
-  shutil.rmtree(workdir / "stages" / "lowres__cqd")  # needs the (finished) teacher again
-  line = error_line(run_cli(workdir, change, "--allow_config_change"))
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work", drop=("lowres__cqd",))  # cqd needs the teacher again
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args(change),
+                                        "--allow_config_change"]))
   assert str(workdir / "stages" / "train_a@crop" / "checkpoints") in line, line
   assert "another model/class count" in line, line
   assert not (workdir / "stages" / "lowres__cqd" / "result.json").exists()
@@ -264,7 +244,41 @@ def test_teacher_from_another_model_is_one_line_error(finished, tmp_path, change
 def test_flag_parsing_error_is_one_line(tmp_path, args, culprits):
   """Errors that absl/ml_collections raise while parsing --config also get a one-line `error:`."""
   own_file = any(a.startswith("--config=") for a in args)
-  result = run_cli(tmp_path / "work", *args, base=not own_file)
+  result = run_cli_in_process([f"--workdir={tmp_path / 'work'}", *([] if own_file else helpers.CLI_TINY_ARGS), *args])
+  assert result.returncode == 1
   line = error_line(result)
   for culprit in culprits:
     assert culprit in line, line
+
+
+def test_results_use_the_final_model_and_report_the_best_validation_step(tiny_run, tmp_path, monkeypatch):
+  """The cqd stage again with validation scores that make step 2 the best: results.csv names step 2 and its
+  score and the step-2 checkpoint is kept beside the final one, while the test accuracies in results.csv come
+  from evaluating the final (step 4) parameters, not step 2's."""
+  import jax
+  import orbax.checkpoint as ocp
+  from cqd_jax import checkpoint, experiment
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work", drop=("lowres__cqd",))
+  scores = {2: 0.875, 4: 0.125}
+  monkeypatch.setattr(experiment.Runner, "_validate",
+                      lambda self, stage, state: {checkpoint.BEST_METRIC: scores[int(jax.device_get(state.step))]})
+  evaluations = []
+  evaluate = experiment.Runner.evaluate
+
+  def recording(self, stage, variables, view_b, split=None):
+    accuracy = evaluate(self, stage, variables, view_b, split)
+    evaluations.append((stage.name, split, jax.device_get(variables), accuracy))
+    return accuracy
+
+  monkeypatch.setattr(experiment.Runner, "evaluate", recording)
+  result = run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS])
+  assert result.returncode == 0, result.stderr[-4000:]
+  [row] = [r for r in read_csv(workdir / "results.csv") if r["method"] == "cqd"]
+  assert (int(row["best_step"]), float(row["best_val_accuracy"])) == (2, 0.875)
+  checkpoints = workdir / "stages" / "lowres__cqd" / "checkpoints"
+  assert sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit()) == [2, 4]
+  [(_, _, evaluated, accuracy)] = [e for e in evaluations if e[0] == "lowres/cqd" and e[1] is None]
+  assert (float(row["accuracy_a"]), float(row["accuracy_b"])) == (accuracy["accuracy_a"], accuracy["accuracy_b"])
+  saved = {step: ocp.StandardCheckpointer().restore(checkpoints / str(step) / "state")["params"] for step in (2, 4)}
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same(evaluated["params"], saved[4]) and not same(evaluated["params"], saved[2])

@@ -1,4 +1,5 @@
-"""Tests for cqd_jax.degrade: shapes, ranges, determinism, identities and make_view."""
+"""Tests for cqd_jax.degrade: shapes, ranges, determinism, identities, make_view, and the resampling views
+against PIL's antialiased resize (an independent implementation; torch is not needed)."""
 
 import functools
 
@@ -6,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from cqd_jax import degrade
 
+XLA_OPTIMIZED = True  # values are compared with PIL's
 SIZE = 32
 DETERMINISTIC_OPS = tuple(sorted(set(degrade.OPS) - degrade.RANDOM_OPS))
 
@@ -135,6 +138,46 @@ def test_grayscale_uses_luminance_on_all_channels():
   images = jnp.zeros((1, SIZE, SIZE, 3)).at[..., 0].set(1.0)  # Pure red.
   out, _ = _apply("grayscale", images)
   np.testing.assert_allclose(out, 0.299, atol=1e-6)
+  # Every weight, on random colours: ITU-R BT.601 luma, the same value on all three channels.
+  images = _random_images(h=SIZE, w=SIZE)
+  out = np.asarray(_apply("grayscale", images)[0])
+  luma = np.asarray(images) @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(out, np.repeat(luma[..., None], 3, -1), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Resampling against PIL (mode "F": float32 pixels, antialiased filters scaled by the resize factor).
+
+
+def _pil_resize(images: np.ndarray, size: int, method, boxes=None) -> np.ndarray:
+  """Each [H, W] channel of each image resized by PIL to size x size (`boxes`: the region, normalised)."""
+  out = []
+  for i, image in enumerate(np.asarray(images, np.float32)):
+    h, w = image.shape[:2]
+    box = None if boxes is None else (boxes[i][1] * w, boxes[i][0] * h, boxes[i][3] * w, boxes[i][2] * h)
+    out.append(np.stack([np.asarray(Image.fromarray(image[..., c], mode="F").resize((size, size), method, box=box))
+                         for c in range(image.shape[-1])], -1))
+  return np.clip(np.stack(out), 0.0, 1.0)
+
+
+def test_full_is_pils_antialiased_bilinear_resize():
+  images = _random_images()  # 40 x 48 -> 32 x 32
+  np.testing.assert_allclose(_apply("full", images)[0], _pil_resize(images, SIZE, Image.BILINEAR), atol=1e-5)
+
+
+def test_crop_is_pils_bilinear_resize_of_the_box():
+  images, boxes = _random_images(), np.asarray(_boxes())
+  np.testing.assert_allclose(_apply("crop", images, jnp.asarray(boxes))[0],
+                             _pil_resize(images, SIZE, Image.BILINEAR, boxes), atol=1e-5)
+
+
+@pytest.mark.parametrize("h,w", [(SIZE, SIZE), (40, 48)])
+def test_lowres_is_pils_antialiased_bicubic_down_and_up(h, w):
+  """224 -> 50 -> 224 in the paper; here 32 (or 40 x 48) -> 8 -> 32. A bilinear or a non-antialiased cubic
+  resize differs from PIL's by more than 1e-2 here."""
+  images = _random_images(h=h, w=w)
+  expected = _pil_resize(_pil_resize(images, 8, Image.BICUBIC), SIZE, Image.BICUBIC)
+  np.testing.assert_allclose(_apply("lowres", images, low=8)[0], expected, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------
@@ -302,6 +345,25 @@ def test_distort_with_zero_variance_is_identity():
   images = _random_images(h=SIZE, w=SIZE)
   out, _ = _apply("distort", images, variance=0.0)
   np.testing.assert_allclose(out, images, atol=1e-5)
+
+
+def test_distort_moves_the_control_points_by_the_configured_variance():
+  """The control points move by N(0, variance) px at 224 px, i.e. a standard deviation of sqrt(variance) *
+  size / 224 px: read off an image that encodes each pixel's (row, col) in two channels, which bilinear
+  sampling returns exactly at the point it samples. With size 29 and an 8 x 8 grid the controls fall on
+  pixels 0, 4, ..., 28; the interior ones (clamping bends the border) give 64 x 36 x 2 shifts."""
+  size, grid, variance = 29, 8, 49.0  # std 0.94 px
+  rows, cols = np.indices((size, size), np.float32) / (size - 1)
+  image = np.stack([rows, cols, np.zeros_like(rows)], -1)
+  images = jnp.asarray(np.broadcast_to(image, (64, size, size, 3)))
+  out = np.asarray(_apply("distort", images, _boxes(2)[:1].repeat(64, 0), jax.random.key(4), size=size,
+                          grid=grid, variance=variance)[0])
+  controls = np.arange(4, size - 4, 4)  # interior control pixels
+  moved = out[:, controls][:, :, controls, :2] * (size - 1)  # the (row, col) each control pixel sampled
+  shifts = moved - np.stack(np.meshgrid(controls, controls, indexing="ij"), -1)[None]
+  expected_std = np.sqrt(variance) * size / 224
+  assert abs(shifts.mean()) < 0.05 * expected_std
+  np.testing.assert_allclose(shifts.std(), expected_std, rtol=0.05)  # 4608 draws: about 1% sampling error
 
 
 def test_distort_changes_the_image_more_with_larger_variance():

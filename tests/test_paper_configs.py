@@ -3,12 +3,11 @@
 import glob
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 
 import fixtures_real as fx
+import helpers
 from cqd_jax import config_lib
 from cqd_jax import experiment
 
@@ -64,14 +63,38 @@ def test_cpu_subset_configs(name, arg):
 
 def test_cub_lowres_runs_end_to_end_on_a_fixture(tmp_path):
   fx.write_cub(tmp_path / "manual")
-  cmd = [sys.executable, "-m", "cqd_jax.main", "--config=configs/cub_lowres.py", f"--workdir={tmp_path / 'w'}",
-         f"--config.dataset.manual_dir={tmp_path / 'manual'}", f"--config.dataset.data_dir={tmp_path / 'data'}",
-         "--config.dataset.storage_size=48", "--config.image_size=32", "--config.degrade_params.lowres.low=8",
-         "--config.model.name=small_cnn", "--config.num_steps=2",
-         "--config.batch_size=4", "--config.eval_batch_size=4", "--config.log_every=1",
-         "--config.checkpoint_every=2", "--config.methods=('train_a','cqd')", "--config.progress_bar=False"]
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  args = ["--config=configs/cub_lowres.py", f"--workdir={tmp_path / 'w'}",
+          f"--config.dataset.manual_dir={tmp_path / 'manual'}", f"--config.dataset.data_dir={tmp_path / 'data'}",
+          "--config.dataset.storage_size=48", "--config.image_size=32", "--config.degrade_params.lowres.low=8",
+          "--config.model.name=small_cnn", "--config.model.options={'widths': (8, 16)}", "--config.num_steps=2",
+          "--config.batch_size=4", "--config.eval_batch_size=4", "--config.log_every=1",
+          "--config.checkpoint_every=2", "--config.methods=('train_a','cqd')", "--config.progress_bar=False"]
+  result = helpers.run_cli_in_process(args)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "| cqd | B |" in result.stdout
   rows = (tmp_path / "w" / "results.csv").read_text().splitlines()
   assert len(rows) == 3 and rows[1].startswith("lowres,train_a,")
+
+
+def test_corrupt_data_set_file_is_one_line_error(tmp_path):
+  """A corrupt image in the user's CUB files, reported through the command line before any training."""
+  root = fx.write_cub(tmp_path / "manual")
+  bad = root / "images" / fx.cub_filename(fx.images(fx.CUB_COUNTS)[5])
+  bad.write_bytes(b"not an image")
+  result = helpers.run_cli_in_process([
+      "--config=configs/cub_lowres.py", f"--workdir={tmp_path / 'w'}",
+      f"--config.dataset.manual_dir={tmp_path / 'manual'}", f"--config.dataset.data_dir={tmp_path / 'data'}"])
+  assert result.returncode == 1
+  line = helpers.error_line(result)
+  assert "corrupt image" in line and str(bad) in line, line
+  assert not (tmp_path / "w" / "stages").exists()
+  assert not list((tmp_path / "data").glob("**/1.0.0"))  # no data set version directory
+
+
+def test_missing_data_set_files_are_one_line_error(tmp_path):
+  (tmp_path / "manual" / "unrelated").mkdir(parents=True)
+  result = helpers.run_cli_in_process([
+      "--config=configs/cub_lowres.py", f"--workdir={tmp_path / 'w'}",
+      f"--config.dataset.manual_dir={tmp_path / 'manual'}", f"--config.dataset.data_dir={tmp_path / 'data'}"])
+  line = helpers.error_line(result)
+  assert f"missing in manual_dir {tmp_path / 'manual'}" in line and "CUB_200_2011 or CUB_200_2011.tgz" in line, line

@@ -13,6 +13,8 @@ import pytest
 
 from cqd_jax.models.pooling import max_pool
 
+XLA_OPTIMIZED = True  # bitwise equal to XLA's compiled reduce_window
+
 # (window, strides, padding, height, width): ResNet's stem pool, VGG-M's SAME pools, the 2x2 pools; odd sizes.
 CASES = [
     (3, 2, ((1, 1), (1, 1)), 8, 8), (3, 2, ((1, 1), (1, 1)), 9, 7), (3, 2, "SAME", 8, 8), (3, 2, "SAME", 13, 13),

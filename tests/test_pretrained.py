@@ -24,18 +24,19 @@ from cqd_jax import models
 from cqd_jax import pretrained
 from cqd_jax.models import IMAGENET_MEAN, IMAGENET_STD, get_model
 
+import helpers
+
 NUM_CLASSES = 5
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(name="torch")
 def torch_fixture():
-  return pytest.importorskip("torch")
+  return helpers.require_torch()
 
 
 def _init(arch: str, num_classes: int, seed: int, image_size: int = 32) -> dict:
-  model = get_model(arch, num_classes)
-  return model.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)), train=False)
+  return models.init_variables(get_model(arch, num_classes), jax.random.key(seed), image_size)
 
 
 @pytest.fixture(name="resnet18", scope="module")
@@ -329,6 +330,7 @@ def _torchvision_resnet(torch, arch: str, num_classes: int):
   return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
 def test_matches_torchvision_architecture(tmp_path, torch, arch):
   import safetensors.torch  # pylint: disable=g-import-not-at-top (needs torch)
@@ -338,7 +340,7 @@ def test_matches_torchvision_architecture(tmp_path, torch, arch):
   model = get_model(arch, 10)
   variables = pretrained.init_variables(model, jax.random.key(0), 64, str(path))
   images = np.random.default_rng(0).uniform(size=(2, 64, 64, 3)).astype(np.float32)
-  logits = model.apply(variables, images, train=False)
+  logits = jax.jit(functools.partial(model.apply, train=False))(variables, images)
   normalized = (images - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
   with torch.no_grad():
     expected = torch_model(torch.from_numpy(normalized).permute(0, 3, 1, 2)).numpy()
@@ -379,20 +381,23 @@ def _torchvision_vgg16(torch, num_classes: int):
   return model.eval()
 
 
-@pytest.mark.parametrize("image_size", [64, 112])  # conv5 maps of 2x2 and 3x3: uneven adaptive-pool bins.
-def test_vgg16_matches_torchvision_architecture(tmp_path, torch, image_size):
+@pytest.mark.slow
+def test_vgg16_matches_torchvision_architecture(tmp_path, torch):
+  """Converted once, the weights serve every input size (adaptive 7x7 pooling); 64 and 112 px give conv5 maps
+  of 2x2 and 3x3: uneven adaptive-pool bins."""
   torch_model = _torchvision_vgg16(torch, num_classes=10)
   path = tmp_path / "vgg16.pth"
   torch.save(torch_model.state_dict(), path)  # Read back by the restricted unpickler, without torch.
   model = get_model("vgg16", 10)
-  variables = pretrained.init_variables(model, jax.random.key(0), image_size, str(path))
-  images = np.random.default_rng(1).uniform(size=(2, image_size, image_size, 3)).astype(np.float32)
-  logits = model.apply(variables, images, train=False)
-  normalized = (images - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-  with torch.no_grad():
-    expected = torch_model(torch.from_numpy(normalized).permute(0, 3, 1, 2)).numpy()
-  assert np.std(expected) > 0.1
-  np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+  variables = pretrained.init_variables(model, jax.random.key(0), 64, str(path))
+  for image_size in (64, 112):
+    images = np.random.default_rng(1).uniform(size=(2, image_size, image_size, 3)).astype(np.float32)
+    logits = jax.jit(functools.partial(model.apply, train=False))(variables, images)
+    normalized = (images - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
+    with torch.no_grad():
+      expected = torch_model(torch.from_numpy(normalized).permute(0, 3, 1, 2)).numpy()
+    assert np.std(expected) > 0.1
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max(), rtol=0, err_msg=image_size)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -402,6 +407,7 @@ def _convert(*flags: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow
 def test_convert_weights_cli(tmp_path, resnet18):
   state_dict = _as_torch(resnet18)
   source, out = tmp_path / "resnet18.safetensors", tmp_path / "resnet18.npz"

@@ -18,9 +18,9 @@ from cqd_jax import input_pipeline
 from cqd_jax.data import paired
 from cqd_jax.data import registry
 import fixtures_real as fx
+import helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-REAL_DATA = pathlib.Path(os.path.join(REPO, "..", "shared", "data"))
 SPLITS = ("train", "validation", "test")
 
 
@@ -160,6 +160,7 @@ def test_train_loader(cub_builder):
   assert batch["bbox"].shape == (4, 4) and set(batch["label"]) <= {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_build_cli_is_idempotent(cub_manual, tmp_path):
   args = [sys.executable, "-m", "data_prep.build", "--dataset=cub_paired", f"--manual_dir={cub_manual}",
           f"--data_dir={tmp_path}"]
@@ -269,6 +270,7 @@ def test_cars_zero_area_box(tmp_path):
   _assert_not_built(registry.get_builder("cars_paired", str(tmp_path / "data")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, subset, split_sizes, num_classes, first_name", [
     # 750 official train images (675 + 75), 652 test.
     ("cub_paired", "cub_subset", {"train": 675, "validation": 75, "test": 652}, 25, "001.Black_footed_Albatross"),
@@ -276,9 +278,7 @@ def test_cars_zero_area_box(tmp_path):
     ("cars_paired", "cars_subset", {"train": 441, "validation": 55, "test": 327}, 20, "AM General Hummer SUV 2000"),
 ])
 def test_real_subsets(name, subset, split_sizes, num_classes, first_name, tmp_path):
-  manual = REAL_DATA / subset
-  if not manual.is_dir():
-    pytest.skip(f"real data sample {manual} is absent")
+  manual = helpers.require_shared_data(subset)
   builder = registry.prepare(name, str(tmp_path), manual_dir=str(manual))
   assert {split: input_pipeline.num_examples(builder, split) for split in SPLITS} == split_sizes
   assert input_pipeline.num_classes(builder) == num_classes

@@ -1,6 +1,8 @@
 """distill.cache_teacher: the teacher's logits come from a table computed once, and training ends where the
 live teacher's run ends (up to float rounding); configs where the teacher's input is not fixed are refused."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -11,24 +13,23 @@ from cqd_jax import experiment
 import helpers
 
 
-def _cqd_variables(workdir: str, cache: bool):
+def test_cached_teacher_trains_like_the_live_teacher(tiny_run, tmp_path, capsys):
+  """The shared tiny run's lowres/cqd ran the live teacher; the same stage again with the cached table."""
   config = helpers.tiny_experiment_config()
-  config.methods = ("train_a", "cqd")
-  config.distill.cache_teacher = cache
+  stored = json.loads((tiny_run.workdir / "config.json").read_text())
+  assert json.loads(config.to_json_best_effort()) == stored  # the in-process config is the run's
+  assert "cached the teacher's logits" not in tiny_run.result.stderr
+  config.distill.cache_teacher = True
   config_lib.validate(config)
-  data = experiment.prepare_data(config, workdir)
-  runner = experiment.Runner(config, workdir, data)
-  teacher, student = experiment.plan(config)
-  teacher_vars, _ = runner.train(teacher, None)
-  return runner.train(student, teacher_vars)[0]
-
-
-def test_cached_teacher_trains_like_the_live_teacher(tmp_path, capsys):
-  live = _cqd_variables(str(tmp_path / "live"), cache=False)
-  assert "cached the teacher's logits" not in capsys.readouterr().err
-  cached = _cqd_variables(str(tmp_path / "cached"), cache=True)
-  assert "lowres/cqd: cached the teacher's logits on 20 training images (both flips)" in capsys.readouterr().err
-  for a, b in zip(jax.tree.leaves(live), jax.tree.leaves(cached)):
+  workdir = str(helpers.copy_run(tiny_run, tmp_path / "cached", drop=("lowres__cqd",)))
+  runner = experiment.Runner(config, workdir, experiment.prepare_data(config, workdir))
+  teacher, _, student = experiment.plan(config)
+  cached, _ = runner.train(student, runner.final_variables(teacher))
+  assert "lowres/cqd: cached the teacher's logits on 32 training images (both flips)" in capsys.readouterr().err
+  live = experiment.Runner(config, str(tiny_run.workdir), runner.data).final_variables(student)  # the original's
+  leaves = list(zip(jax.tree.leaves(live), jax.tree.leaves(cached)))
+  assert leaves and len(leaves) == len(jax.tree.leaves(live))
+  for a, b in leaves:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 

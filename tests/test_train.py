@@ -1,13 +1,14 @@
 """Tests for cqd_jax.train: the fused jitted train step for every method, teacher handling, augmentation,
 optimizer/schedule, masked evaluation and batch-size checks (multi-device equality: test_multidevice.py)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import helpers
-from cqd_jax import degrade, methods, models, train
+from cqd_jax import degrade, losses, methods, models, train
 
 BATCH = 8
 
@@ -86,6 +87,61 @@ def test_train_step_every_method(setup, name):
   stats_before = {k: v for k, v in before_variables.items() if k.startswith("['batch_stats']")}
   stats_after = helpers.flatten(jax.device_get({"batch_stats": state.batch_stats}))
   assert stats_before and _max_abs_diff(stats_before, stats_after) > 1e-6
+
+
+class InputSpy(nn.Module):
+  """A student whose updated "batch statistic" is its training input itself, so the state after a step
+  shows exactly which images it saw; logits are a linear map of the whole image (not mirror-symmetric)."""
+
+  num_classes: int = helpers.NUM_CLASSES
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    seen = self.variable("batch_stats", "seen", jnp.zeros, x.shape)
+    if train:
+      seen.value = x
+    return nn.Dense(self.num_classes, name="head")(x.reshape(x.shape[0], -1))
+
+
+def _views_of(setup, flipped: bool) -> tuple[np.ndarray, np.ndarray]:
+  """Views A and B of the setup batch's images, all mirrored or none (both views are deterministic)."""
+  images, boxes = train.to_float(setup["batch"]["image"]), setup["batch"]["bbox"]
+  images, boxes = train.flip_images(images, boxes, jnp.full(images.shape[:1], flipped))
+  key = jax.random.key(0)
+  return np.asarray(setup["view_a"](images, boxes, key)[0]), np.asarray(setup["view_b"](images, boxes, key)[0])
+
+
+@pytest.mark.parametrize("name", sorted(methods.METHODS))
+def test_each_method_trains_on_its_view_and_pairs_the_teachers(setup, name):
+  """train_a's student sees view A; train_b, a_then_b, cqd and a_cqd see view B; mixture_ab sees each example
+  in A or B, both in one batch. A distilling step's teacher sees view A of the same (equally flipped) images:
+  its distillation term equals soft CE between the spy's logits on what it saw and the teacher's on A."""
+  method = methods.get_method(name)
+  spy = InputSpy()
+  images = setup["batch"]["image"]
+  variables = spy.init(jax.random.key(0), jnp.zeros(images.shape, jnp.float32), train=False)
+  tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
+  state = train.create_train_state(spy, jax.random.key(0), helpers.IMAGE_SIZE, tx, variables)
+  params = jax.tree.map(np.asarray, state.params)
+  teacher = setup["model"]
+  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
+                              teacher_apply=teacher.apply if method.distill else None,
+                              distill=helpers.distill_config(), flip=True)
+  new_state, metrics = step(state, setup["teacher"] if method.distill else None, setup["batch"])
+  seen = np.asarray(new_state.batch_stats["seen"])
+  candidates = {(view, flipped): _views_of(setup, flipped)[view == "b"] for view in "ab" for flipped in (False, True)}
+  matches = [[key for key, c in candidates.items() if np.abs(seen[i] - c[i]).max() < 1e-5] for i in range(len(seen))]
+  assert all(len(m) == 1 for m in matches), matches  # each example is exactly one view, one flip
+  views = {m[0][0] for m in matches}
+  assert views == {"a": {"a"}, "b": {"b"}, "ab": {"a", "b"}}[method.student_input], (name, matches)
+  assert {m[0][1] for m in matches} == {False, True}  # the flips are random per example
+  if method.distill:
+    flips = jnp.asarray([m[0][1] for m in matches])
+    x = np.where(np.asarray(flips)[:, None, None, None], *(_views_of(setup, f)[0] for f in (True, False)))
+    teacher_logits = teacher.apply(setup["teacher"], x, train=False)
+    student_logits = spy.apply({"params": params, "batch_stats": variables["batch_stats"]}, seen, train=False)
+    expected = losses.soft_cross_entropy(student_logits, teacher_logits, temperature=helpers.distill_config().temperature)
+    np.testing.assert_allclose(float(metrics["distill"]), float(expected.mean()), rtol=1e-5)
 
 
 def test_cqd_step_with_a_model_without_batchnorm(setup):
@@ -227,6 +283,11 @@ def test_ynn_fusions_compile_option_trains_alike(setup):
                        helpers.flatten(jax.device_get(base.params))) < 1e-5
   with pytest.raises(ValueError, match="config key xla_cpu_ynn_fusions='dot,matmul'.*'matmul'"):
     train.check_ynn_fusions("dot,matmul")
+  # The option reached the compiled program: XLA:CPU's default also hands convolutions to YNNPACK, "dot,reduce"
+  # does not, so the two compiled steps differ in their YNNPACK fusions.
+  compiled = lambda fn: fn.lower(_state(setup, method), setup["teacher"], setup["batch"]).compile().as_text()
+  fusions = [text.count("ynn_fusion") for text in (compiled(step), compiled(reference))]
+  assert fusions[0] != fusions[1], fusions
 
 
 # --------------------------------------------------------------------------------------------------- augment
@@ -344,6 +405,11 @@ def test_eval_step_ignores_padded_examples():
   total = eval_fn(variables, train.shard_batch(batch, train.data_mesh()), jax.random.key(0))
   total = total.merge(eval_fn(variables, train.shard_batch(batch2, train.data_mesh()), jax.random.key(1)))
   np.testing.assert_allclose(total.compute()["accuracy_a"], 4 / 6, rtol=1e-6)
+  # accuracy_a comes from view A, accuracy_b from view B: in grayscale pixel (0, 0) has three equal values,
+  # so the fake model predicts class 0 for every example (1 of the 4 real labels), against 3 of 4 on A.
+  m = train.eval_step(variables, batch, jax.random.key(0), apply_fn=apply_fn, view_a=identity,
+                      view_b=degrade.make_view("grayscale", 4))
+  np.testing.assert_allclose([m.compute()["accuracy_a"], m.compute()["accuracy_b"]], [0.75, 0.25])
 
 
 # --------------------------------------------------------------------------------------------------- devices

@@ -11,11 +11,14 @@ import pytest
 import helpers
 from cqd_jax import config_lib
 from cqd_jax import tune
-from test_cli import error_line, run_cli
 
-TUNE = ("-m", "cqd_jax.tune")
 TINY = helpers.cli_tiny_args("--config.methods=('train_a','train_b','cqd')",
                              "--config.dataset.options.validation_per_class=3")
+
+
+def _tune(workdir, *args: str) -> helpers.CliResult:
+  """`python -m cqd_jax.tune` in this process (helpers.run_cli_in_process)."""
+  return helpers.run_cli_in_process([f"--workdir={workdir}", *TINY, *args], entry=tune.main)
 
 
 def _config() -> ml_collections.ConfigDict:
@@ -59,8 +62,7 @@ def _rows(path) -> list[dict]:
 
 def test_grid_on_validation_teacher_once_and_extension(tmp_path):
   workdir = tmp_path / "tune"
-  first = run_cli(workdir, *TINY, "--grid=distill.temperature=1,10", "--grid=distill.weight=0", base=False,
-                  main=TUNE)
+  first = _tune(workdir, "--grid=distill.temperature=1,10", "--grid=distill.weight=0")
   assert first.returncode == 0, first.stderr[-6000:]
   assert first.stderr.count("stage train_a@crop: 4 steps") == 1  # the shared teacher, trained once
   assert first.stderr.count("stage lowres/cqd: 4 steps") == 2
@@ -71,8 +73,7 @@ def test_grid_on_validation_teacher_once_and_extension(tmp_path):
   assert rows[0]["val_accuracy"] == rows[1]["val_accuracy"]
 
   # A larger grid: only the new points train, and the diverging lambda = 1e300 is a result, not the end.
-  second = run_cli(workdir, *TINY, "--grid=distill.temperature=1,10", "--grid=distill.weight=0,50,1e300",
-                   base=False, main=TUNE)
+  second = _tune(workdir, "--grid=distill.temperature=1,10", "--grid=distill.weight=0,50,1e300")
   assert second.returncode == 0, second.stderr[-6000:]
   assert "stage train_a@crop: 4 steps" not in second.stderr
   assert second.stderr.count("stage lowres/cqd: 4 steps") == 2
@@ -101,8 +102,9 @@ def test_grid_on_validation_teacher_once_and_extension(tmp_path):
 
 
 def test_bad_grid_is_one_error_line(tmp_path):
-  result = run_cli(tmp_path / "w", *TINY, "--grid=distill.temprature=1,2", base=False, main=TUNE)
-  assert "--grid='distill.temprature=1,2': config key distill.temprature is missing" in error_line(result)
-  result = run_cli(tmp_path / "w", *TINY, "--grid=distill.weight=1", "--methods=train_a", base=False, main=TUNE)
-  assert "--methods: train_a is the teacher" in error_line(result)
+  result = _tune(tmp_path / "w", "--grid=distill.temprature=1,2")
+  assert result.returncode == 1
+  assert "--grid='distill.temprature=1,2': config key distill.temprature is missing" in helpers.error_line(result)
+  result = _tune(tmp_path / "w", "--grid=distill.weight=1", "--methods=train_a")
+  assert "--methods: train_a is the teacher" in helpers.error_line(result)
   assert not (tmp_path / "w").exists()  # refused before the workdir is made
