@@ -132,8 +132,8 @@ def views():
 
 def init_variables(model, seed: int) -> dict[str, Any]:
   import jax
-  import jax.numpy as jnp
-  return model.init(jax.random.key(seed), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32), train=False)
+  from cqd_jax import models
+  return models.init_variables(model, jax.random.key(seed), IMAGE_SIZE)
 
 
 def flatten(tree: Any) -> dict[str, np.ndarray]:
