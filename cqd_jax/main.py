@@ -11,11 +11,12 @@ Several processes (a TPU pod slice, GPU nodes; docs/scaling.md) run the same com
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from absl import app
 from absl import flags
@@ -25,6 +26,7 @@ from ml_collections import config_flags
 
 from cqd_jax import checkpoint
 from cqd_jax import config_lib
+from cqd_jax import fileio
 from cqd_jax import multihost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
@@ -47,7 +49,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoint.CheckpointError,
-               checkpoint.NonFiniteError)
+               checkpoint.NonFiniteError, fileio.WorkdirBusy)
 
 
 def one_line(e: BaseException) -> str:
@@ -96,12 +98,29 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """fileio.workdir_lock held by process 0 for the block; when it is busy, every process raises (the others
+  would otherwise wait for process 0 in their first collective)."""
+  with contextlib.ExitStack() as stack:
+    busy = None
+    if multihost.is_primary():
+      try:
+        stack.enter_context(fileio.workdir_lock(workdir))
+      except fileio.WorkdirBusy as e:
+        busy = e
+    if multihost.any_process(busy is not None):
+      raise busy or fileio.WorkdirBusy(f"--workdir {workdir} is in use by another run (process 0 says)")
+    yield
+
+
 def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
                 check: Callable[[ml_collections.ConfigDict], Any] | None = None) -> None:
   """What every command does around its `body(config, workdir)`: starts jax.distributed if asked, validates
   the config (and runs the command's own `check` of its flags against it) before the workdir is touched,
-  checks the workdir and its stored config, and turns user errors into one `error:` line (SystemExit(1)) and
-  a preemption into SystemExit(128 + the signal number), with its checkpoint saved."""
+  checks the workdir and its stored config, holds the workdir's lock (one run per workdir), and turns user
+  errors into one `error:` line (SystemExit(1)) and a preemption into SystemExit(128 + the signal number),
+  with its checkpoint saved."""
   logging.set_verbosity(logging.DEBUG if _VERBOSE.value else logging.WARNING)
   try:
     multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
@@ -111,8 +130,9 @@ def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
     if check is not None:
       check(config)
     workdir = prepare_workdir(_WORKDIR.value)
-    config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value, write=multihost.is_primary())
-    body(config, workdir)
+    with workdir_lock(workdir):
+      config_lib.save(config, workdir, allow_changes=_ALLOW_CONFIG_CHANGE.value, write=multihost.is_primary())
+      body(config, workdir)
   except checkpoint.Preempted as e:
     print(str(e), file=sys.stderr)
     raise SystemExit(128 + e.signum) from None  # the shell convention for "killed by this signal"

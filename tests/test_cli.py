@@ -8,8 +8,13 @@ TensorStore's late callbacks, `--verbose`, and forced CPU devices.
 """
 
 import csv
+import errno
+import fcntl
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +22,8 @@ import pytest
 import helpers
 from helpers import error_line, run_cli, run_cli_in_process
 from cqd_jax import fileio
+from cqd_jax import main as cli
+from cqd_jax import multihost
 
 
 def read_csv(path) -> list[dict]:
@@ -65,6 +72,77 @@ def test_rerun_skips_finished_stages(tiny_run, tmp_path):
   assert " steps in " not in result.stderr and not train_steps, "a finished stage was trained again"
   assert (workdir / "results.csv").read_bytes() == before
   assert "| cqd | B | " in result.stdout
+
+
+# ------------------------------------------------------------------------------------- one run per workdir
+
+# Holds the workdir's lock as a run does, says so, then waits to be killed.
+_HOLD_LOCK = """
+import sys
+from cqd_jax import fileio
+lock = fileio.workdir_lock(sys.argv[1])
+lock.__enter__()
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_second_run_on_a_busy_workdir_is_refused(tiny_run, tmp_path):
+  """A second run on a workdir in use gets one line naming the holder and changes nothing; once the holder
+  is SIGKILLed the OS has dropped its lock, and a run refused inside the lock (a changed config) releases it."""
+  workdir = helpers.copy_run(tiny_run, tmp_path / "work")
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and p.name != fileio.LOCK_FILE}
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(workdir)], cwd=helpers.REPO,
+                            env=helpers.subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    result = run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS])
+    line = error_line(result)
+    assert result.returncode == 1
+    assert f"--workdir {workdir} is in use by another run (pid {holder.pid} on " in line, line
+    assert ", started 20" in line and " UTC; lock " in line and "another --workdir" in line, line
+    assert {p: p.read_bytes() for p in before} == before and "finished earlier" not in result.stderr
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+  line = error_line(run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args("--config.optimizer.lr=0.01")]))
+  assert "optimizer.lr" in line, line
+  result = run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS])
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert result.stderr.count("finished earlier, skipping") == 3
+  with fileio.workdir_lock(str(workdir)):  # released when the run returned
+    assert f"pid {os.getpid()} on " in (workdir / fileio.LOCK_FILE).read_text()
+
+
+def test_workdir_lock_on_a_file_system_that_cannot_lock(tmp_path, monkeypatch, caplog):
+  """Where flock is not supported the run warns once and goes on; other errors are raised."""
+  def no_locks(fd, operation):
+    raise OSError(errno.ENOLCK, "No locks available")
+  monkeypatch.setattr(fcntl, "flock", no_locks)
+  monkeypatch.setattr(fileio, "_warned_unlockable", False)
+  for _ in range(2):
+    with fileio.workdir_lock(str(tmp_path)):
+      pass
+  warnings = [r.getMessage() for r in caplog.records if "cannot lock files" in r.getMessage()]
+  assert len(warnings) == 1 and str(tmp_path) in warnings[0] and "No locks available" in warnings[0], warnings
+  def denied(fd, operation):
+    raise OSError(errno.EACCES, "Permission denied")
+  monkeypatch.setattr(fcntl, "flock", denied)
+  with pytest.raises(OSError, match="Permission denied"):
+    with fileio.workdir_lock(str(tmp_path)):
+      pass
+
+
+def test_only_process_0_locks_and_every_process_hears_it_is_busy(tmp_path, monkeypatch):
+  """In a multi-host run process 0 holds the lock; when it finds the workdir busy, the others raise too
+  (multihost.any_process is the collective that tells them; faked here for one process)."""
+  monkeypatch.setattr(multihost, "is_primary", lambda: False)
+  with cli.workdir_lock(str(tmp_path)):
+    assert not (tmp_path / fileio.LOCK_FILE).exists()
+  monkeypatch.setattr(multihost, "any_process", lambda flag: True)
+  with pytest.raises(fileio.WorkdirBusy, match="in use by another run"):
+    with cli.workdir_lock(str(tmp_path)):
+      pass
 
 
 # ----------------------------------------------------------------------------------------- one-line errors
