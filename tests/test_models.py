@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cqd_jax.models import (MODELS, count_params, get_model, init_variables, model_options, normalize_images,
-                            vgg)
+from cqd_jax.models import (MODELS, apply_with_features, count_params, get_model, init_variables, model_options,
+                            normalize_images, resnet, vgg)
 
 NUM_CLASSES = 5
 # Input width of the "head" Dense for each registered model (default options).
@@ -25,6 +25,18 @@ BATCHNORM = [name for name in BUILT if name not in NO_BATCHNORM]
 EAGER = ["resnet18", "small_cnn", "vgg16", "vgg_m"]
 # Their compiles take most of this module's time: marked slow, so that `-m "not slow"` leaves them out.
 LARGE = {"resnet50", "vgg16", "efficientnet_lite0"}
+# Named features (models/__init__.py) at default options: (stride, channels); None for vectors.
+FEATURES = {
+    "small_cnn": {"stage1": (1, 32), "stage2": (2, 64), "stage3": (4, 128), "stage4": (8, 256)},
+    "vgg_m": {"stage1": (2, 96), "stage2": (8, 256), "stage3": (16, 512), "stage4": (16, 512), "stage5": (16, 512)},
+    "vgg16": {"stage1": (1, 64), "stage2": (2, 128), "stage3": (4, 256), "stage4": (8, 512), "stage5": (16, 512)},
+    "resnet18": {"stem": (2, 64), "stage1": (4, 64), "stage2": (8, 128), "stage3": (16, 256), "stage4": (32, 512)},
+    "resnet50": {"stem": (2, 64), "stage1": (4, 256), "stage2": (8, 512), "stage3": (16, 1024),
+                 "stage4": (32, 2048)},
+    "efficientnet_lite0": {"stem": (2, 32), "stage1": (2, 16), "stage2": (4, 24), "stage3": (8, 40),
+                           "stage4": (16, 80), "stage5": (16, 112), "stage6": (32, 192), "stage7": (32, 320)},
+}
+FEATURE_SIZE = 64
 # Models with dropout on by default need a dropout rng in training mode.
 DROPOUT = {"dropout": jax.random.key(42)}
 
@@ -58,6 +70,10 @@ def _outputs(model, variables) -> dict:
     evals = model.apply(variables, jnp.concatenate([_images(1, 2), _images(5, 2)]), train=False)
     out = {"train_ab": train_ab, "train_ac": train_ac, "eval": evals[:2], "eval_no_mutable": evals[2:],
            "sizes": [model.apply(variables, _images(6, 1, *hw), train=False) for hw in ((33, 47), (64, 64))]}
+    out["features_logits"], out["features"], _ = apply_with_features(
+        model, variables, _images(6, 1, FEATURE_SIZE, FEATURE_SIZE))
+    _, out["train_features"], _ = apply_with_features(model, variables, ab, train=True, mutable=["batch_stats"],
+                                                      rngs=DROPOUT)
     if "batch_stats" in variables:
       out["new_stats"] = updates["batch_stats"]
       trained = model.apply({"params": variables["params"], "batch_stats": updates["batch_stats"]},
@@ -84,6 +100,38 @@ def built(request):
 def _models(names) -> list:
   """pytest params of `names`, the large networks marked slow."""
   return [pytest.param(n, marks=pytest.mark.slow) if n in LARGE else n for n in names]
+
+
+@pytest.mark.parametrize("built", _models(BUILT), indirect=True)
+def test_named_features(built):
+  """Each model's named features have their documented stride and width, the same in training; pre_logits is
+  what the head reads (its Dense gives the logits); collecting them changes no logit."""
+  name, _, variables, outputs = built
+  features = outputs["features"]
+  assert set(features) == {*FEATURES[name], "pre_logits"}
+  for feature, (stride, channels) in FEATURES[name].items():
+    size = FEATURE_SIZE // stride
+    assert features[feature].shape == (1, size, size, channels), feature
+  assert features["pre_logits"].shape == (1, HEAD_FEATURES[name])
+  head = variables["params"]["head"]
+  np.testing.assert_allclose(features["pre_logits"] @ head["kernel"] + head["bias"], outputs["features_logits"],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(outputs["features_logits"], outputs["sizes"][1])
+  assert {k: v.shape[1:] for k, v in outputs["train_features"].items()} == {
+      k: v.shape[1:] for k, v in jax.eval_shape(lambda: apply_with_features(  # 32 px, the training batch's size
+          _built(name)[1], variables, jnp.zeros((3, 32, 32, 3)))[1]).items()}
+
+
+def test_features_cost_nothing_unless_asked(monkeypatch):
+  """A plain apply lowers to the same program as one whose sow calls were removed: features that nobody
+  collects are never in the compiled step."""
+  model = get_model("resnet18", NUM_CLASSES)
+  variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), 32))
+  lower = lambda: jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])).lower(
+      variables, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)).as_text()
+  with_sow = lower()
+  monkeypatch.setattr(resnet, "sow_feature", lambda *args: None)
+  assert lower() == with_sow
 
 
 def test_registry_contents():

@@ -3,6 +3,19 @@
 Every model is a linen Module with fields `num_classes` and `dtype` (compute dtype), called as
 `model.apply(variables, images, train=bool)` on NHWC float32 RGB images in [0, 1]; it normalises
 internally and returns float32 logits [N, num_classes] from a final Dense named "head".
+
+Named features, for methods that compare more than logits: `apply_with_features` returns them beside the
+logits (Flax `sow` into the "intermediates" collection, so a plain `apply` neither keeps nor computes more).
+Every feature is a model's activation after its nonlinearity, NHWC for maps:
+
+- `stem`: the first convolution block, before the max-pool (resnet*, stride 2; efficientnet_lite*, stride 2).
+- `stage1`..`stageN`: the end of each stage, before the next downsampling: small_cnn one per width (strides
+  1, 2, 4, ...); vgg_m its five convolutions (strides 2, 8, 16, 16, 16); vgg16 its five blocks
+  before each max-pool (strides 1 to 16); resnet* its four layers (strides 4, 8, 16, 32); efficientnet_lite*
+  its seven block stages (strides 2, 4, 8, 16, 16, 32, 32).
+- `pre_logits`: the vector the head reads (before dropout): the global average for small_cnn, resnet* and
+  efficientnet_lite* (after its 1280-wide head convolution), the last fully connected layer for vgg_m and
+  vgg16.
 """
 
 import dataclasses
@@ -11,7 +24,8 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from cqd_jax.models.common import IMAGENET_MEAN, IMAGENET_STD, count_params, init_variables, normalize_images
+from cqd_jax.models.common import (FEATURES, IMAGENET_MEAN, IMAGENET_STD, apply_with_features, count_params,
+                                   init_variables, normalize_images)
 from cqd_jax.models.efficientnet_lite import (EfficientNetLite, EfficientNetLite0, EfficientNetLite1,
                                              EfficientNetLite2)
 from cqd_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
@@ -53,7 +67,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
+    "FEATURES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
     "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "ResNet", "ResNet18", "ResNet50", "SmallCNN",
-    "VGG", "VGG16", "VGGM", "count_params", "get_model", "init_variables", "model_options", "normalize_images",
+    "VGG", "VGG16", "VGGM", "apply_with_features", "count_params", "get_model", "init_variables", "model_options",
+    "normalize_images",
 ]

@@ -1,7 +1,8 @@
-"""Pieces shared by all classifiers: fixed input normalisation, BatchNorm settings, parameter counting."""
+"""Pieces shared by all classifiers: fixed input normalisation, BatchNorm settings, named features,
+parameter counting."""
 
 import functools
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +36,25 @@ def init_variables(model: nn.Module, rng: jax.Array, image_size: int) -> dict[st
   initialisation dispatches every op of the forward pass separately: 27 s for EfficientNet-Lite0 on CPU)."""
   init = lambda rng: model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
   return jax.jit(init)(rng)
+
+
+# The collection every model sows its named features into (models/__init__.py lists them). Flax skips a sow
+# unless the collection is mutable in that apply, so a plain `model.apply` computes and returns logits only.
+FEATURES = "intermediates"
+
+
+def sow_feature(module: nn.Module, name: str, x: jax.Array) -> None:
+  """Records `x` as the feature `name` of `module` (kept as is, not appended to a tuple)."""
+  module.sow(FEATURES, name, x, init_fn=lambda: None, reduce_fn=lambda _, new: new)
+
+
+def apply_with_features(model: nn.Module, variables: Any, images: jax.Array, *, train: bool = False,
+                        mutable: Sequence[str] = (), **kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+  """`model.apply` that also returns the named features: (logits, {name: array}, the updated `mutable`
+  collections, e.g. batch_stats in training)."""
+  logits, state = model.apply(variables, images, train=train, mutable=[*mutable, FEATURES], **kwargs)
+  state = dict(state)
+  return logits, dict(state.pop(FEATURES)), state
 
 
 def count_params(variables: Any) -> int:

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cqd_jax.models.common import Dtype
+from cqd_jax.models.common import Dtype, sow_feature
 from cqd_jax.models.depthwise import DepthwiseConv
 
 # The Lite models were trained on inputs scaled as (x * 255 - 127) / 128.
@@ -102,6 +102,7 @@ class EfficientNetLite(nn.Module):
     x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, kernel_init=_conv_init,
                 dtype=self.dtype, name="conv_stem")(x)
     x = relu6(norm(name="bn0")(x))
+    sow_feature(self, "stem", x)
     index = 0
     for i, stage in enumerate(_STAGES):
       fixed = i in (0, len(_STAGES) - 1)  # Lite: the first and last stages keep their depth
@@ -110,9 +111,11 @@ class EfficientNetLite(nn.Module):
         x = MBConv(round_filters(stage.features, width), stage.kernel, stage.stride if j == 0 else 1,
                    stage.expand, norm, self.dtype, name=f"blocks_{index}")(x)
         index += 1
+      sow_feature(self, f"stage{i + 1}", x)
     x = nn.Conv(1280, (1, 1), use_bias=False, kernel_init=_conv_init, dtype=self.dtype, name="conv_head")(x)
     x = relu6(norm(name="bn1")(x))
     x = jnp.mean(x, axis=(1, 2))
+    sow_feature(self, "pre_logits", x)
     rate = default_dropout if self.dropout_rate is None else self.dropout_rate
     x = nn.Dropout(rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, kernel_init=_dense_init, dtype=self.dtype, name="head")(x)

@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cqd_jax.models.common import Dtype, ModuleDef, batch_norm, normalize_images
+from cqd_jax.models.common import Dtype, ModuleDef, batch_norm, normalize_images, sow_feature
 from cqd_jax.models.pooling import max_pool
 
 # torchvision's kaiming_normal_(mode="fan_out", nonlinearity="relu") for convs.
@@ -108,13 +108,16 @@ class ResNet(nn.Module):
     x = normalize_images(x, self.dtype)
     x = conv(64, (7, 7), (2, 2), padding=_pad(7), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
+    sow_feature(self, "stem", x)
     x = max_pool(x, 3, 2, _pad(3))
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = self.block_cls(
             features=64 * 2**i, strides=2 if i > 0 and j == 0 else 1, conv=conv, norm=norm,
             zero_init_residual=self.zero_init_residual, name=f"layer{i + 1}_{j}")(x)
+      sow_feature(self, f"stage{i + 1}", x)
     x = jnp.mean(x, axis=(1, 2))
+    sow_feature(self, "pre_logits", x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
 

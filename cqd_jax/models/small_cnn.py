@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cqd_jax.models.common import Dtype, batch_norm, normalize_images
+from cqd_jax.models.common import Dtype, batch_norm, normalize_images, sow_feature
 from cqd_jax.models.pooling import max_pool
 
 
@@ -30,7 +30,9 @@ class SmallCNN(nn.Module):
         x = max_pool(x, 2, 2)
       x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i + 1}")(x)
       x = nn.relu(norm(name=f"bn{i + 1}")(x))
+      sow_feature(self, f"stage{i + 1}", x)
     x = jnp.mean(x, axis=(1, 2))
+    sow_feature(self, "pre_logits", x)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

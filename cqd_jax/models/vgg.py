@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cqd_jax.models.common import Dtype, normalize_images
+from cqd_jax.models.common import Dtype, normalize_images, sow_feature
 from cqd_jax.models.pooling import max_pool
 
 # Output channels of each 3x3 conv; "M" is a 2x2/s2 max-pool (torchvision's configuration "D").
@@ -59,8 +59,11 @@ class VGG(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = normalize_images(x, self.dtype)
     index = 0  # Position in torchvision's `features` Sequential: each conv is followed by a ReLU.
+    stage = 0  # Convolutions between two max-pools.
     for layer in self.layers:
       if layer == "M":
+        stage += 1
+        sow_feature(self, f"stage{stage}", x)
         x = max_pool(x, 2, 2)
         index += 1
       else:
@@ -71,6 +74,8 @@ class VGG(nn.Module):
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch flattens NCHW.
     for name in ("classifier_0", "classifier_3"):
       x = nn.relu(nn.Dense(self.fc_width, dtype=self.dtype, name=name)(x))
+      if name == "classifier_3":
+        sow_feature(self, "pre_logits", x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cqd_jax.models.common import Dtype, batch_norm, normalize_images
+from cqd_jax.models.common import Dtype, batch_norm, normalize_images, sow_feature
 from cqd_jax.models.pooling import max_pool
 
 # (features, kernel size, stride, max-pool after) for conv1..conv5.
@@ -37,11 +37,14 @@ class VGGM(nn.Module):
       x = nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
                   use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
       x = nn.relu(norm(name=f"bn{i}")(x))
+      sow_feature(self, f"stage{i}", x)
       if pool:
         x = max_pool(x, 3, 2, "SAME")
     x = jnp.mean(x, axis=(1, 2))
     for name in ("fc6", "fc7"):
       x = nn.relu(nn.Dense(self.fc_width, dtype=self.dtype, name=name)(x))
+      if name == "fc7":
+        sow_feature(self, "pre_logits", x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
     return x.astype(jnp.float32)
