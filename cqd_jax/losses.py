@@ -1,7 +1,9 @@
 """Losses for cross quality distillation: label cross-entropy and teacher-matching terms.
 
 All functions take logits [N, K] and return per-example losses [N] (callers average with a mask), so
-padded examples can be excluded and the same code serves training and evaluation.
+padded examples can be excluded and the same code serves training and evaluation. The relational losses
+(RKD, Park et al. 2019) compare the structure of the whole batch; their per-example values are example i's
+share, so that their mean is the loss over every pair or triplet.
 """
 
 from __future__ import annotations
@@ -43,9 +45,62 @@ def logit_squared_error(student_logits: jax.Array, teacher_logits: jax.Array, *,
   return jnp.mean(diff**2, axis=-1)
 
 
+# Distances and norms below this are treated as this: a batch with duplicate embeddings (two flips of one
+# image, say) keeps finite gradients, where the gradient of a norm at 0 is not.
+_EPS = 1e-12
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1), _EPS))
+
+
+def _distance_structure(e: jax.Array) -> jax.Array:
+  """[N, N] pairwise Euclidean distances divided by their mean over the pairs i != j (RKD's psi_D)."""
+  e = e.astype(jnp.float32).reshape(e.shape[0], -1)
+  n = e.shape[0]
+  off_diagonal = ~jnp.eye(n, dtype=bool)
+  d = jnp.where(off_diagonal, _safe_norm(e[:, None] - e[None, :]), 0.0)
+  return d / jnp.maximum(jnp.sum(d) / (n * (n - 1)), _EPS)
+
+
+def _angle_structure(e: jax.Array) -> jax.Array:
+  """[N, N, N] cosines of the angle at vertex j between i and k, cos(e_i e_j e_k) (RKD's psi_A), indexed
+  [j, i, k]."""
+  e = e.astype(jnp.float32).reshape(e.shape[0], -1)
+  diff = e[None, :] - e[:, None]  # [j, i] = e_i - e_j
+  unit = diff / _safe_norm(diff)[..., None]
+  return jnp.einsum("jid,jkd->jik", unit, unit)
+
+
+def rkd_distance(student: jax.Array, teacher: jax.Array, *, temperature: float = 1.0,
+                 t2_scale: bool = False) -> jax.Array:
+  """RKD distance loss: Huber (delta 1) between the two batches' mean-normalised pairwise distances; invariant
+  to a global scale of either side. Per example: the mean over its pairs. `temperature` and `t2_scale` do
+  not apply (accepted for one signature)."""
+  del temperature, t2_scale
+  n = student.shape[0]
+  huber = optax.huber_loss(_distance_structure(student), _distance_structure(teacher), delta=1.0)
+  return jnp.sum(huber, axis=1) / max(n - 1, 1)  # the diagonal is 0 on both sides
+
+
+def rkd_angle(student: jax.Array, teacher: jax.Array, *, temperature: float = 1.0,
+              t2_scale: bool = False) -> jax.Array:
+  """RKD angle loss: Huber (delta 1) between the cosines of every triplet's angle in the two batches; scale
+  invariant. Per example: the mean over the triplets whose vertex it is (i, k != it). `temperature` and
+  `t2_scale` do not apply (accepted for one signature)."""
+  del temperature, t2_scale
+  n = student.shape[0]
+  huber = optax.huber_loss(_angle_structure(student), _angle_structure(teacher), delta=1.0)
+  others = ~jnp.eye(n, dtype=bool)
+  valid = others[:, :, None] & others[:, None, :]  # i != j and k != j; i == k gives cosine 1 on both sides
+  return jnp.sum(jnp.where(valid, huber, 0.0), axis=(1, 2)) / max((n - 1) ** 2, 1)
+
+
 DISTILL_LOSSES: dict[str, DistillLoss] = {
     "soft_ce": soft_cross_entropy,
     "logit_mse": logit_squared_error,
+    "rkd_distance": rkd_distance,
+    "rkd_angle": rkd_angle,
 }
 
 

@@ -114,9 +114,64 @@ def test_logit_squared_error_matches_hand_computation():
       expected, rtol=1e-6)
 
 
+def _huber(x: np.ndarray) -> np.ndarray:
+  return np.where(np.abs(x) <= 1.0, 0.5 * x**2, np.abs(x) - 0.5)
+
+
+def _rkd_numpy(student: np.ndarray, teacher: np.ndarray) -> tuple[float, float]:
+  """RKD's distance and angle losses written out with loops (Park et al. 2019): mean Huber over the pairs
+  i != j of distances over their mean, and over the triplets with i, k != j of the cosine at vertex j."""
+  n = len(student)
+  def distances(e):
+    d = {(i, j): np.linalg.norm(e[i] - e[j]) for i in range(n) for j in range(n) if i != j}
+    mean = np.mean(list(d.values()))
+    return {k: v / mean for k, v in d.items()}
+  def cosines(e):
+    out = {}
+    for j in range(n):
+      for i in range(n):
+        for k in range(n):
+          if i != j and k != j:
+            a, b = e[i] - e[j], e[k] - e[j]
+            out[j, i, k] = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    return out
+  s, t = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+  ds, dt = distances(s), distances(t)
+  cs, ct = cosines(s), cosines(t)
+  return (np.mean([_huber(ds[k] - dt[k]) for k in ds]), np.mean([_huber(cs[k] - ct[k]) for k in cs]))
+
+
+RKD = {"rkd_distance": 0, "rkd_angle": 1}
+
+
+@pytest.mark.parametrize("name", list(RKD))
+def test_rkd_losses_match_their_definition(name):
+  student, teacher = _logits(20, n=6, k=5), _logits(21, n=6, k=5, scale=0.7)
+  got = losses.get_distill_loss(name)(jnp.asarray(student), jnp.asarray(teacher), temperature=3.0)
+  assert got.shape == (6,)
+  np.testing.assert_allclose(float(jnp.mean(got)), _rkd_numpy(student, teacher)[RKD[name]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(RKD))
+def test_rkd_losses_are_relational(name):
+  """Invariant to a global scale of either side's embeddings, zero when both sides are the same, and with
+  finite gradients when a batch holds the same embedding twice."""
+  loss = losses.get_distill_loss(name)
+  student, teacher = jnp.asarray(_logits(22, n=8, k=6)), jnp.asarray(_logits(23, n=8, k=6))
+  base = loss(student, teacher)
+  assert float(jnp.mean(base)) > 1e-3
+  np.testing.assert_allclose(loss(10.0 * student, 0.1 * teacher), base, rtol=1e-5, atol=1e-7)
+  assert float(jnp.max(jnp.abs(loss(student, student)))) < 1e-7
+  assert float(jnp.max(jnp.abs(loss(student, 3.0 * student)))) < 1e-6
+  duplicated = student.at[3].set(student[1])
+  value, grad = jax.value_and_grad(lambda s: jnp.mean(loss(s, teacher.at[3].set(teacher[1]))))(duplicated)
+  assert np.isfinite(float(value)) and np.all(np.isfinite(grad)) and float(jnp.max(jnp.abs(grad))) > 0
+
+
 def test_get_distill_loss():
   assert losses.get_distill_loss("soft_ce") is losses.soft_cross_entropy
   assert losses.get_distill_loss("logit_mse") is losses.logit_squared_error
+  assert losses.get_distill_loss("rkd_angle") is losses.rkd_angle
   with pytest.raises(ValueError, match=r"distill\.loss") as info:
     losses.get_distill_loss("kl_divergence")
   assert "kl_divergence" in str(info.value)

@@ -202,6 +202,17 @@ def test_cqd_distill_term_is_additive(setup):
   assert _max_abs_diff(params_b, helpers.flatten(jax.device_get(state_w.params))) > 1e-6
 
 
+@pytest.mark.parametrize("loss", ["rkd_distance", "rkd_angle"])
+def test_relational_distill_losses_train(setup, loss):
+  """config.distill.loss picks RKD's batch-structure losses on the logits: the step adds them like KD."""
+  _, _, metrics_b = _run_step(setup, "train_b")
+  _, state, metrics = _run_step(setup, "cqd", distill=helpers.distill_config(loss=loss, weight=10.0))
+  assert float(metrics["distill"]) > 0 and np.isfinite(float(metrics["grad_norm"]))
+  np.testing.assert_allclose(float(metrics["loss"]), float(metrics_b["loss"]) + 10.0 * float(metrics["distill"]),
+                             rtol=1e-5)
+  assert int(state.skipped) == 0
+
+
 def test_teacher_gets_no_gradient_and_is_not_donated(setup):
   """a_cqd: the student starts as a copy of the teacher; the step donates the student state only."""
   method = methods.get_method("a_cqd")
