@@ -376,11 +376,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     if stage.method == TEACHER_METHOD:
       trained[stage.name] = variables
     stage_rows = []
+    cost = {"params": models.count_params(variables),
+            "flops_per_image": models.flops_per_image(runner._model_for(stage), variables, config.image_size)}
     for deg_name, deg in config.degradations.items():
       if stage.method == TEACHER_METHOD and deg.a == stage.view_a or stage.name.startswith(f"{deg_name}/"):
         acc = runner.evaluate(stage, variables, deg.b)
         stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
-                           "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"], **summary})
+                           "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"], **summary, **cost})
     if multihost.is_primary():
       fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
     rows.extend(stage_rows)

@@ -36,6 +36,26 @@ def markdown(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence
   return "\n".join(out) + "\n"
 
 
+def _si(x: float) -> str:
+  """3 significant digits with an SI prefix: 3.37 G, 215 k."""
+  for factor, prefix in ((1e12, " T"), (1e9, " G"), (1e6, " M"), (1e3, " k")):
+    if abs(x) >= factor:
+      return f"{x / factor:.3g}{prefix}"
+  return f"{x:.3g}"
+
+
+def models_markdown(rows: Sequence[Row]) -> str:
+  """One line per trained model (stage): its parameters and the FLOPs of one image's forward pass."""
+  out = ["| stage | method | parameters | FLOPs / image |", "|---|---|---|---|"]
+  seen = set()
+  for r in rows:
+    if r["stage"] in seen or r.get("params") is None:
+      continue
+    seen.add(r["stage"])
+    out.append(f"| {r['stage']} | {r['method']} | {_si(r['params'])} | {_si(r['flops_per_image'])} |")
+  return "\n".join(out) + "\n"
+
+
 def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], path: str) -> None:
   """Grouped bar chart of accuracy on B per degradation (plus train_a on A, the upper bound), as a PNG."""
   import matplotlib  # Imported here: only needed when a run finishes.
@@ -63,10 +83,11 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
   """Writes results.csv (one row per degradation and method), results.md and results.png; returns the Markdown."""
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b",
-                                               "best_step", "best_val_accuracy", "skipped_updates"])
+                                               "best_step", "best_val_accuracy", "skipped_updates", "params",
+                                               "flops_per_image"])
   writer.writeheader()
   writer.writerows(rows)
-  md = markdown(rows, degradations, methods)
+  md = markdown(rows, degradations, methods) + "\nModels (FLOPs: XLA's count for one image):\n\n" + models_markdown(rows)
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
     fileio.write_text(os.path.join(workdir, name), text)
   plot(rows, degradations, methods, os.path.join(workdir, "results.png"))

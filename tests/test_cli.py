@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ import helpers
 from helpers import error_line, run_cli, run_cli_in_process
 from cqd_jax import fileio
 from cqd_jax import main as cli
+from cqd_jax import models
 from cqd_jax import multihost
 
 
@@ -51,6 +53,12 @@ def test_end_to_end_writes_results(tiny_run):
   for stage in helpers.STAGES:
     assert (workdir / "stages" / stage / "result.json").is_file(), stage
     assert (workdir / "stages" / stage / "checkpoints" / "4").is_dir(), stage
+  # Every model is the tiny small_cnn: the same parameter count and FLOPs per image in every row.
+  model = models.get_model("small_cnn", helpers.NUM_CLASSES, widths=helpers.WIDTHS)
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), helpers.IMAGE_SIZE))
+  assert {(int(r["params"]), float(r["flops_per_image"])) for r in rows} == {
+      (models.count_params(variables), models.flops_per_image(model, variables, helpers.IMAGE_SIZE))}
+  assert "| stage | method | parameters | FLOPs / image |" in (workdir / "results.md").read_text()
 
 
 def test_overrides_reached_the_config(tiny_run):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cqd_jax.models import (MODELS, apply_with_features, count_params, get_model, init_variables, model_options,
-                            normalize_images, resnet, vgg)
+from cqd_jax.models import (MODELS, apply_with_features, count_params, flops_per_image, get_model, init_variables,
+                            model_options, normalize_images, resnet, vgg)
 
 NUM_CLASSES = 5
 # Input width of the "head" Dense for each registered model (default options).
@@ -132,6 +132,18 @@ def test_features_cost_nothing_unless_asked(monkeypatch):
   with_sow = lower()
   monkeypatch.setattr(resnet, "sow_feature", lambda *args: None)
   assert lower() == with_sow
+
+
+def test_flops_per_image():
+  """XLA's count for one image: quadratic in the input side, and ResNet-18 at 224 px near its published
+  1.82 G multiply-adds (2 FLOPs each; XLA does not count the taps that fall on the zero padding)."""
+  small = get_model("small_cnn", NUM_CLASSES, widths=(8, 16))
+  variables = jax.eval_shape(lambda: init_variables(small, jax.random.key(0), 32))
+  ratio = flops_per_image(small, variables, 64) / flops_per_image(small, variables, 32)
+  assert 3.8 < ratio < 4.3, ratio  # the padding taps XLA leaves out weigh less in a larger image
+  resnet = get_model("resnet18", 1000)
+  flops = flops_per_image(resnet, jax.eval_shape(lambda: init_variables(resnet, jax.random.key(0), 224)), 224)
+  assert 3.0e9 < flops < 2 * 1.82e9, flops
 
 
 def test_registry_contents():

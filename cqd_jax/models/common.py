@@ -57,6 +57,15 @@ def apply_with_features(model: nn.Module, variables: Any, images: jax.Array, *, 
   return logits, dict(state.pop(FEATURES)), state
 
 
+def flops_per_image(model: nn.Module, variables: Any, image_size: int) -> float:
+  """FLOPs of one image's evaluation-mode forward pass at image_size x image_size, by XLA's cost analysis of
+  the lowered program (shapes only: nothing is compiled or run)."""
+  shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), variables)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  lowered = jax.jit(functools.partial(model.apply, train=False)).lower(shapes, images)
+  return float(lowered.cost_analysis()["flops"])
+
+
 def count_params(variables: Any) -> int:
   """Number of trainable scalars: the "params" collection if present (buffers such as batch_stats excluded)."""
   if isinstance(variables, dict) and "params" in variables:
