@@ -8,7 +8,7 @@ share, so that their mean is the loss over every pair or triplet.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -109,3 +109,15 @@ def get_distill_loss(name: str) -> DistillLoss:
   if name not in DISTILL_LOSSES:
     raise ValueError(f"config key distill.loss={name!r} is not known; choose one of {sorted(DISTILL_LOSSES)}")
   return DISTILL_LOSSES[name]
+
+
+def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, loss: str = "soft_ce", temperature: float = 1.0,
+       t2_scale: bool = False, **unused: Any) -> jax.Array:
+  """The distillation term: DISTILL_LOSSES[loss] at `temperature` (config.distill's other keys: unused)."""
+  del unused
+  return get_distill_loss(loss)(student_logits, teacher_logits, temperature=temperature, t2_scale=t2_scale)
+
+
+# The loss functions a method's terms name (methods.Term.loss): per-example losses of the outputs they compare.
+TERMS: dict[str, Callable[..., jax.Array]] = {"ce": cross_entropy, "kd": kd, "rkd_distance": rkd_distance,
+                                             "rkd_angle": rkd_angle}

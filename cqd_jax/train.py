@@ -138,7 +138,10 @@ def train_step(state: TrainState, teacher_variables: Variables | jax.Array | Non
                *, method: Method, view_a: View, view_b: View, teacher_apply: Callable[..., jax.Array] | None,
                distill: ml_collections.ConfigDict, flip: bool,
                crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of `method`: augmentation, views, teacher forward, student forward/backward and update, fused.
+  """One SGD step of `method`, fused: augmentation, the views its streams read, the frozen streams' forward
+  passes (the teacher, `teacher_apply`, in eval mode), the student's forward/backward on its view, the sum of
+  the method's weighted loss terms and the update. Metrics: "loss", "grad_norm", "skipped", "accuracy", each
+  term's batch mean under its metric name, and "<frozen stream>_agreement" (top-1 agreement with the student).
 
   With `teacher_apply=None` a distilling method reads the teacher's logits from `teacher_variables`, then a
   table [num_records, 2, K] of its logits on view A of every training record, unflipped and flipped
@@ -157,33 +160,38 @@ def train_step(state: TrainState, teacher_variables: Variables | jax.Array | Non
   flipped = jnp.zeros(images.shape[:1], bool)
   if flip:
     images, boxes, flipped = random_flip(images, boxes, k_flip)
-  needs_x = method.student_input in ("a", "ab") or (method.distill and not cached_teacher)
-  x = view_a(images, boxes, k_a)[0] if needs_x else None
-  z = view_b(images, boxes, k_b)[0] if method.student_input in ("b", "ab") else None
-  if method.student_input == "ab":
+  # The views the streams read (a cached teacher reads none), each made once with its own key.
+  read = {s.view for name, s in method.streams if not (cached_teacher and name in method.frozen)}
+  x = view_a(images, boxes, k_a)[0] if read & {"a", "ab"} else None
+  z = view_b(images, boxes, k_b)[0] if read & {"b", "ab"} else None
+  inputs = {"a": x, "b": z}
+  if "ab" in read:
     pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
-    inputs = jnp.where(pick_a, x, z)
-  else:
-    inputs = x if method.student_input == "a" else z
-  teacher_logits = None
-  if cached_teacher:
-    teacher_logits = teacher_variables[batch["record"], flipped.astype(jnp.int32)]
-  elif method.distill:
-    teacher_logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, x, train=False))
-  labels = batch["label"]
+    inputs["ab"] = jnp.where(pick_a, x, z)
+  outputs = {"label": batch["label"]}
+  for name in method.frozen:  # eval mode, no gradient
+    if cached_teacher:
+      logits = teacher_variables[batch["record"], flipped.astype(jnp.int32)]
+    else:
+      logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, inputs[method.stream(name).view], train=False))
+    outputs[f"{name}.logits"] = logits
+  student = method.student
+  config_sections = {"distill": distill}
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats}, inputs, train=True,
-                                     mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(k_mix, 1)})
-    ce = losses.cross_entropy(logits, labels).mean()
-    aux = {"ce": ce, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
-    loss = ce
-    if method.distill:
-      distill_loss = losses.get_distill_loss(distill.loss)(
-          logits, teacher_logits, temperature=distill.temperature, t2_scale=distill.t2_scale).mean()
-      loss = ce + distill.weight * distill_loss
-      aux["distill"] = distill_loss
-      aux["teacher_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1))
+    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
+                                     inputs[method.student_input], train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": jax.random.fold_in(k_mix, 1)})
+    out = {**outputs, f"{student}.logits": logits}
+    aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == out["label"])}
+    loss = 0.0
+    for term in method.terms:
+      options = dict(config_sections[term.options]) if term.options else {}
+      weight = options.pop(term.weight) if isinstance(term.weight, str) else term.weight
+      aux[term.metric] = losses.TERMS[term.loss](*(out[k] for k in term.inputs), **options).mean()
+      loss = loss + weight * aux[term.metric]
+    for name in method.frozen:
+      aux[f"{name}_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(out[f"{name}.logits"], -1))
     return loss, (aux, updates.get("batch_stats", {}))
 
   (loss, (aux, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

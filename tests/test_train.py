@@ -213,6 +213,23 @@ def test_relational_distill_losses_train(setup, loss):
   assert int(state.skipped) == 0
 
 
+def test_a_new_method_is_one_entry(setup):
+  """A method is data: CQD plus RKD's angle term between the logits, written as one Method, trains with the
+  sum of its three weighted terms, each in the metrics under its own name."""
+  cqd = methods.get_method("cqd")
+  rkd = methods.Term("rkd_angle", ("student.logits", "teacher.logits"), "rkd_angle", weight=2.0)
+  method = methods.Method(cqd.streams, (*cqd.terms, rkd), False, "CQD plus RKD angles")
+  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
+                              teacher_apply=setup["model"].apply, distill=helpers.distill_config(), flip=True)
+  _, _, cqd_metrics = _run_step(setup, "cqd")
+  _, metrics = step(_state(setup, method), setup["teacher"], setup["batch"])
+  for key in ("ce", "distill", "teacher_agreement", "accuracy"):
+    np.testing.assert_allclose(float(metrics[key]), float(cqd_metrics[key]), rtol=1e-6)
+  assert float(metrics["rkd_angle"]) > 0
+  np.testing.assert_allclose(float(metrics["loss"]), float(cqd_metrics["loss"]) + 2.0 * float(metrics["rkd_angle"]),
+                             rtol=1e-5)
+
+
 def test_teacher_gets_no_gradient_and_is_not_donated(setup):
   """a_cqd: the student starts as a copy of the teacher; the step donates the student state only."""
   method = methods.get_method("a_cqd")
