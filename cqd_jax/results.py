@@ -87,7 +87,8 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
                                                "flops_per_image"])
   writer.writeheader()
   writer.writerows(rows)
-  md = markdown(rows, degradations, methods) + "\nModels (FLOPs: XLA's count for one image):\n\n" + models_markdown(rows)
+  md = (markdown(rows, degradations, methods) + "\nModels (FLOPs: XLA's count for one image):\n\n"
+        + models_markdown(rows))
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
     fileio.write_text(os.path.join(workdir, name), text)
   plot(rows, degradations, methods, os.path.join(workdir, "results.png"))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cqd_jax.models.common import Dtype, sow_feature
+from cqd_jax.models.common import Dtype
 from cqd_jax.models.windows import Padding, resolve_impl, window_pads, window_taps
 
 # Batch-chunk size (bytes of input per chunk) for the kernel gradient: the fastest of 256 KiB / 1 MiB / 4 MiB
