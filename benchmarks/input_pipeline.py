@@ -68,22 +68,22 @@ class Step:
   """The compiled fused train step of `method_name` for `config`'s model on a batch placed on the devices."""
 
   def __init__(self, config, num_classes: int, method_name: str, batch):
-    method = get_method(method_name)
+    method = get_method(method_name, config)
     degradation = next(iter(config.degradations.values()))
     params = config.degrade_params.to_dict()
-    student, teacher = experiment.make_models(config, num_classes)
+    model = experiment.make_model(config, "model", num_classes)  # the teacher too: config.model's architecture
     self.mesh = train.data_mesh()
     tx, _ = train.make_optimizer(config.optimizer, config.num_steps)
     self.state = train.replicate(
-        train.create_train_state(student, jax.random.key(0), config.image_size, tx), self.mesh)
-    self.teacher = (train.replicate(models.init_variables(teacher, jax.random.key(1), config.image_size), self.mesh)
-                    if method.distill else None)
+        train.create_train_state(model, jax.random.key(0), config.image_size, tx), self.mesh)
+    teacher = models.init_variables(model, jax.random.key(1), config.image_size)
+    self.frozen = train.replicate({name: teacher for name in method.frozen}, self.mesh)
     self.batch = train.shard_batch(batch, self.mesh)
-    self.fn = train.jit_train_step(
-        self.mesh, method=method, view_a=degrade.make_view(degradation.a, config.image_size, params),
-        view_b=degrade.make_view(degradation.b, config.image_size, params),
-        teacher_apply=teacher.apply if method.distill else None, distill=config.distill, flip=config.augment.flip,
-        crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
+    self.fn = train.jit_one_model_step(
+        self.mesh, method, model=model, view_a=degrade.make_view(degradation.a, config.image_size, params),
+        view_b=degrade.make_view(degradation.b, config.image_size, params), image_size=config.image_size,
+        kd=config.kd, flip=config.augment.flip, crop_margin=config.augment.crop_margin,
+        ynn_fusions=config.xla_cpu_ynn_fusions)
     self.images = len(batch["label"]) * jax.process_count()
     self.views = f"{degradation.a} -> {degradation.b}"
 
@@ -91,7 +91,7 @@ class Step:
     """Images/s of `steps` steps dispatched back to back (the first call compiles: time a warm one)."""
     start = time.perf_counter()
     for _ in range(steps):
-      self.state, metrics = self.fn(self.state, self.teacher, self.batch)
+      self.state, metrics = self.fn(self.state, self.frozen, self.batch)
     jax.block_until_ready((self.state, metrics))
     return steps * self.images / (time.perf_counter() - start)
 

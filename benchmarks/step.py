@@ -34,7 +34,7 @@ from cqd_jax import config_lib
 from cqd_jax import degrade
 from cqd_jax import models
 from cqd_jax import train
-from cqd_jax.methods import get_method
+from cqd_jax.methods import METHODS
 
 try:
   import torch  # pylint: disable=g-import-not-at-top
@@ -98,7 +98,7 @@ class JaxStep:
 
   def __init__(self, model_name: str, size: int, batch: dict[str, np.ndarray], classes: int,
                config: ml_collections.ConfigDict | None = None, cached_teacher: bool = False, **options: Any):
-    """`cached_teacher`: the step reads the teacher's logits from a table (config.distill.cache_teacher)."""
+    """`cached_teacher`: the step reads the teacher's logits from a table (config.cache_teacher)."""
     config = config or base_config()
     mesh = train.data_mesh()
     self.num_devices = mesh.size
@@ -111,18 +111,18 @@ class JaxStep:
         train.create_train_state(self.model, jax.random.key(0), size, tx, self.student_variables), mesh)
     params = config.degrade_params.to_dict()
     view_a = degrade.make_view(VIEW_A, size, params)
-    self.teacher = train.replicate(self.teacher_variables, mesh)
+    self.teacher = train.replicate({"teacher": self.teacher_variables}, mesh)
     if cached_teacher:  # the batch is the whole "data set": records 0..n-1
       batch = {**batch, "record": np.arange(len(batch["label"]), dtype=np.int32)}
       table = train.teacher_logits_table(self.model.apply, self.teacher_variables, view_a,
                                          [{**batch, "mask": np.ones(len(batch["label"]), bool)}], mesh,
                                          ynn_fusions=config.xla_cpu_ynn_fusions)
-      self.teacher = train.replicate(table, mesh)
+      self.teacher = train.replicate({"teacher": table}, mesh)
     self.batch = train.shard_batch(batch, mesh)
-    step = train.jit_train_step(
-        mesh, method=get_method("cqd"), view_a=view_a, view_b=degrade.make_view(f"{VIEW_A}+lowres", size, params),
-        teacher_apply=None if cached_teacher else self.model.apply, distill=config.distill, flip=False,
-        crop_margin=0.0, ynn_fusions=config.xla_cpu_ynn_fusions)
+    step = train.jit_one_model_step(
+        mesh, METHODS["cqd"], model=self.model, view_a=view_a,
+        view_b=degrade.make_view(f"{VIEW_A}+lowres", size, params), image_size=size, kd=config.kd,
+        cached=cached_teacher, flip=False, crop_margin=0.0, ynn_fusions=config.xla_cpu_ynn_fusions)
     start = time.perf_counter()
     self.compiled = step.lower(self.state, self.teacher, self.batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -157,7 +157,7 @@ class TorchStep:
       net = torch_reference.get_model(model_name, classes, **options)
       torch_reference.load_flax_variables(net, model_name, jax.device_get(variables))
       nets.append(net.to(device))
-    opt, distill = config.optimizer, config.distill
+    opt, distill = config.optimizer, config.kd
     if distill.loss != "soft_ce" or distill.t2_scale or opt.name != "sgd" or opt.nesterov:
       raise ValueError("the torch reference implements soft CE without T^2 and SGD without Nesterov only")
     self.step = torch_reference.CQDStep(

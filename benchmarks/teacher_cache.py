@@ -3,7 +3,7 @@
     python -m benchmarks.teacher_cache [--models=small_cnn,resnet18] [--sizes=32,112] [--batch=32] [--repeats=3]
 
 Takes benchmarks.step's flags. For each model and size, benchmarks.step.JaxStep built twice from the same weights
-and batch: the teacher run in every step ("live"), and `cached_teacher=True` (config.distill.cache_teacher: the
+and batch: the teacher run in every step ("live"), and `cached_teacher=True` (config.cache_teacher: the
 logits read from a table computed once). Both are called once untimed (compile), then timed interleaved; the
 median images/s of each, cached/live (the speed-up) and the first-step losses' relative difference are printed.
 The one-off cost of the table (two teacher forward passes per training image) is not in these numbers. Timings

@@ -9,7 +9,7 @@ their box, so only the whole-image degradations apply (the paper uses whole car 
   edges   A = image, B = its edge map
 
 T and lambda on the validation split: python -m cqd_jax.tune --config=configs/cars_subset.py:edges
-  --workdir=/tmp/tune_cars --grid=distill.temperature=1,2,5,10 --grid=distill.weight=12.5,50 --methods=cqd
+  --workdir=/tmp/tune_cars --grid=kd.temperature=1,2,5,10 --grid=kd.weight=12.5,50 --methods=cqd
 """
 
 import os

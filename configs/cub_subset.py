@@ -16,7 +16,7 @@ once. The argument picks the degradation:
 T and lambda are the paper's; to choose them on the validation split instead (docs: README, "Tuning"):
 
   python -m cqd_jax.tune --config=configs/cub_subset.py:lowres --workdir=/tmp/tune_cub \
-      --grid=distill.temperature=2,10 --grid=distill.weight=50,200 --methods=cqd
+      --grid=kd.temperature=2,10 --grid=kd.weight=50,200 --methods=cqd
 
 The data set is built from manual_dir on the first run (into <workdir>/data unless --config.dataset.data_dir
 names a built one); the default manual_dir is the shared sample beside this repository.

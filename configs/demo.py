@@ -59,10 +59,14 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.compute_dtype = "float32"  # "bfloat16" on TPUs and GPUs: faster, parameters stay float32
   config.xla_cpu_ynn_fusions = "dot,reduce"  # XLA:CPU only: YNNPACK fusions, faster ("" = XLA's default)
 
-  # L = CE(g(z), y) + weight * CE(softmax(f(x)/T), softmax(g(z)/T)), as in the paper (no T^2 factor).
-  # cache_teacher: compute the teacher's logits once per image and flip (view A is fixed and flips are the
-  # only augmentation here) instead of running the teacher in every step.
-  config.distill = dict(loss="soft_ce", temperature=10.0, weight=50.0, t2_scale=False, cache_teacher=False)
+  # The KD term of cqd and a_cqd: L = CE(g(z), y) + weight * CE(softmax(f(x)/T), softmax(g(z)/T)), as in
+  # the paper (no T^2 factor).
+  config.kd = dict(loss="soft_ce", temperature=10.0, weight=50.0, t2_scale=False)
+  # Compute the teacher's logits once per image and flip (view A is fixed and flips are the only
+  # augmentation here) instead of running the teacher in every step.
+  config.cache_teacher = False
+  # Methods of this experiment beyond the built-in ones (README, "Adding a method").
+  config.method_defs = {}
 
   config.optimizer = dict(name="sgd", lr=0.05, end_lr=0.0025, schedule="linear", warmup_steps=20,
                           momentum=0.9, nesterov=False, weight_decay=5e-4)

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
-  """The value of a dotted key (`distill.weight`); ConfigError naming the key if it is missing."""
+  """The value of a dotted key (`kd.weight`); ConfigError naming the key if it is missing."""
   node = config
   for part in key.split("."):
     if part not in node:
@@ -64,6 +64,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from cqd_jax import degrade, losses, methods, models, train  # JAX-heavy imports, only when validating.
   from cqd_jax.data import registry
 
+  for key, replacement in methods.REPLACED_KEYS.items():
+    if key in config:
+      raise ConfigError(f"config key {key}: no longer used; replaced by {replacement}")
   for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     _check_number(config, key, int, 0, strict=True)
   for key in ("batch_size", "eval_batch_size"):
@@ -73,14 +76,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_number(config, "optimizer.end_lr", float, 0, strict=False)
   _check_number(config, "optimizer.weight_decay", float, 0, strict=False)
   _check_number(config, "optimizer.warmup_steps", int, 0, strict=False)
-  _check_number(config, "distill.temperature", float, 0, strict=True)
-  _check_number(config, "distill.weight", float, 0, strict=False)
+  _check_number(config, "kd.temperature", float, 0, strict=True)
+  _check_number(config, "kd.weight", float, 0, strict=False)
   _check_number(config, "augment.crop_margin", float, 0, strict=False)
   _check_number(config, "dataset.worker_count", int, 0, strict=False)
   _check_number(config, "dataset.cache_mb", float, 0, strict=False)
   if config.augment.crop_margin >= 1:
     raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
-  losses.get_distill_loss(config.distill.loss)
+  losses.get_distill_loss(get(config, "kd.loss"))
   dataset = get(config, "dataset.name")
   if dataset not in registry.DATASETS:
     raise ConfigError(f"config key dataset.name={dataset!r}: unknown data set; known: "
@@ -96,7 +99,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         registry.check_split(dataset, split)
       except ValueError as e:
         raise ConfigError(f"config key {key}={split!r}: {e}") from None
-  _check_cache_teacher(config)
   if get(config, "compute_dtype") not in COMPUTE_DTYPES:
     raise ConfigError(f"config key compute_dtype={config.compute_dtype!r} must be one of {COMPUTE_DTYPES}")
   try:
@@ -108,7 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not config.methods:
     raise ConfigError("config key methods is empty")
   for name in config.methods:
-    methods.get_method(name)
+    methods.get_method(name, config)
   if not config.degradations:
     raise ConfigError("config key degradations is empty")
   for name, deg in config.degradations.items():
@@ -118,30 +120,88 @@ def validate(config: ml_collections.ConfigDict) -> None:
                           config.degrade_params.to_dict())
       except ValueError as e:
         raise ConfigError(f"config key degradations.{name}.{side}: {e}") from None
-  for key in ("model", "teacher_model"):
-    if key == "model" or config.teacher_model.name:
-      try:
-        models.get_model(get(config, f"{key}.name"), 2, **get(config, f"{key}.options").to_dict())
-      except (ValueError, TypeError) as e:
-        raise ConfigError(f"config key {key}: {e}") from None
+  known = methods.all_methods(config)
+  sections = {"model"} | {methods.model_key(methods.trained_stream(m, known), config) for m in known}
+  for key in sorted(sections):
+    try:
+      models.get_model(get(config, f"{key}.name"), 2, **get(config, f"{key}.options").to_dict())
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"config key {key}: {e}") from None
+  _check_streams(config)
 
 
-def _check_cache_teacher(config: ml_collections.ConfigDict) -> None:
-  """Cached teacher logits (one table row per image and flip) are right only for a fixed teacher input."""
-  from cqd_jax import degrade  # pylint: disable=g-import-not-at-top (JAX-heavy)
+def _check_streams(config: ml_collections.ConfigDict) -> None:
+  """What only the plan shows: a stream started from another stage has its architecture; cached logits need
+  a fixed input; the outputs a term compares exist and have one shape (or an adapter between them)."""
+  import jax  # pylint: disable=g-import-not-at-top (JAX-heavy, only when validating)
+  from cqd_jax import degrade, experiment, methods, models  # pylint: disable=g-import-not-at-top
 
-  cache = get(config, "distill.cache_teacher")
+  cache = get(config, "cache_teacher")
   if not isinstance(cache, bool):
-    raise ConfigError(f"config key distill.cache_teacher={cache!r} must be True or False")
-  if not cache:
-    return
-  if config.augment.crop_margin:
-    raise ConfigError(f"config key distill.cache_teacher=True needs augment.crop_margin=0 (it is "
-                      f"{config.augment.crop_margin}): random crops change the teacher's input every step")
-  for name, deg in config.degradations.items():
-    if degrade.is_random(deg.a):
-      raise ConfigError(f"config key distill.cache_teacher=True needs a deterministic view A, but "
-                        f"degradations.{name}.a={deg.a!r} is random")
+    raise ConfigError(f"config key cache_teacher={cache!r} must be True or False")
+  networks = _Networks(config)
+  checked = set()
+  for stage in experiment.plan(config):
+    name, known = stage.method, networks.known
+    method = methods.resolve(known[name], config, known)
+    where = f"METHODS[{name!r}]" if name in methods.METHODS else f"method_defs.{name}"
+    student = method.stream(method.student)
+    if student.source and student.model != methods.resolve(known[student.source], config, known).stream(
+        known[student.source].student).model:
+      raise ConfigError(f"config key methods: {name} starts its student from {student.source}, which needs the "
+                        f"same architecture (config sections {student.model!r} and {student.source}'s differ; "
+                        "leave config.teacher_model empty)")
+    for sname in method.frozen:
+      s = method.stream(sname)
+      if not s.cache:
+        continue
+      if config.augment.crop_margin:
+        raise ConfigError(f"config key cache_teacher=True needs augment.crop_margin=0 (it is "
+                          f"{config.augment.crop_margin}): random crops change the teacher's input every step")
+      spec = {"a": stage.view_a, "b": stage.view_b}.get(s.view)
+      if spec is None or degrade.is_random(spec):
+        raise ConfigError(f"config key cache_teacher=True needs a deterministic input of stream {sname} of {name}, "
+                          f"but its view {s.view!r} is {spec or 'a random mix'!r} in stage {stage.name}")
+    if name in checked or not any(i.partition(".")[2].startswith("features.") or t.adapter
+                                  for t in method.terms for i in t.inputs):
+      continue
+    checked.add(name)
+    shapes = experiment.output_shapes(method, networks)
+    for i, t in enumerate(method.terms):
+      for inp in t.inputs:
+        if inp != "label" and inp not in shapes:
+          stream = inp.partition(".")[0]
+          names = [k.split(".", 2)[2] for k in shapes if k.startswith(f"{stream}.features.")]
+          raise ConfigError(f"config key {where}.terms[{i}].inputs: {inp!r} is not an output of its model "
+                            f"{method.stream(stream).model!r}; its features: {', '.join(names)}")
+      if len(t.inputs) < 2 or "label" in t.inputs:
+        continue
+      a, b = shapes[t.inputs[0]], shapes[t.inputs[1]]
+      if t.adapter:
+        adapter = models.ADAPTERS[t.adapter](target=tuple(b[1:]))
+        try:
+          out = jax.eval_shape(lambda x: adapter.init_with_output(jax.random.key(0), x)[0],
+                               jax.ShapeDtypeStruct(a, jax.numpy.float32)).shape
+        except ValueError as e:
+          raise ConfigError(f"config key {where}.terms[{i}].adapter={t.adapter!r}: {e}") from None
+        a = out
+      if a != b:
+        raise ConfigError(f"config key {where}.terms[{i}]: {t.inputs[0]} {list(a)} and {t.inputs[1]} "
+                          f"{list(b)} differ in shape; give the term an adapter ({', '.join(models.ADAPTERS)})")
+
+
+class _Networks:
+  """The config's networks by model section, as experiment.output_shapes reads them (shapes only)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    from cqd_jax import experiment, methods  # pylint: disable=g-import-not-at-top (JAX-heavy)
+    self.config, self.known, self._make = config, methods.all_methods(config), experiment.make_model
+    self._cache: dict[str, Any] = {}
+
+  def network(self, key: str) -> Any:
+    if key not in self._cache:
+      self._cache[key] = self._make(self.config, key, 2)
+    return self._cache[key]
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -159,11 +219,18 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
 
   With `write=False` it only checks (the processes of a multi-host run all check; process 0 writes).
   """
+  from cqd_jax.methods import REPLACED_KEYS  # pylint: disable=g-import-not-at-top
+
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path) and not allow_changes:
     with open(path) as f:
       stored = json.load(f)
+    old_keys = [k for k in REPLACED_KEYS if k in stored and k not in current]
+    if old_keys:
+      raise ConfigError(f"{path} was written before methods became streams and loss terms (config key "
+                        f"{old_keys[0]}: now {REPLACED_KEYS[old_keys[0]]}); this version does not resume its "
+                        "stages: use another --workdir")
     old, new = _flatten(stored), _flatten(current)
     changed = sorted(k for k in old.keys() | new.keys()
                      if old.get(k) != new.get(k) and not k.startswith(COSMETIC_KEYS))
@@ -203,10 +270,13 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   # XLA:CPU only (ignored on GPUs and TPUs): hand matmul/convolution and reduction fusions to YNNPACK, which
   # made the CPU train step 1.25-1.3x faster (benchmarks/README.md); "" keeps XLA's default fusions.
   config.xla_cpu_ynn_fusions = "dot,reduce"
-  # cache_teacher: compute the teacher's logits once per image (and flip) instead of in every step; needs
+  # The options of the KD term of cqd and a_cqd (methods.KD).
+  config.kd = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False)
+  # Compute the teacher's logits once per image (and flip) instead of in every step; needs
   # augment.crop_margin = 0, so off here.
-  config.distill = dict(loss="soft_ce", temperature=10.0, weight=distill_weight, t2_scale=False,
-                        cache_teacher=False)
+  config.cache_teacher = False
+  # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (README).
+  config.method_defs = {}
   config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128

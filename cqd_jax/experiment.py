@@ -34,6 +34,7 @@ import tqdm
 from cqd_jax import checkpoint
 from cqd_jax import degrade
 from cqd_jax import fileio
+from cqd_jax import methods
 from cqd_jax import input_pipeline
 from cqd_jax import models
 from cqd_jax import multihost
@@ -42,41 +43,56 @@ from cqd_jax import results
 from cqd_jax import train
 from cqd_jax import writers
 from cqd_jax.data import registry
-from cqd_jax.methods import TEACHER_METHOD, get_method
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-  """One model to train: `method` with high-quality view `view_a` and degraded view `view_b`."""
+  """One model to train: `method` with high-quality view `view_a` and degraded view `view_b` (specs)."""
 
   name: str
   method: str
   view_a: str
   view_b: str
-  teacher: str | None  # stage whose final model is the teacher / initialisation
+  sources: tuple[tuple[str, str], ...] = ()  # (method, stage) pairs: the stages it takes weights from
+  shared: bool = False  # reads view A only, so every degradation with this view A uses it
 
   @property
   def dirname(self) -> str:
     """The stage's name as one path component (stages/<dirname>, tensorboard/<dirname>)."""
     return self.name.replace("/", "__")
 
-
-def teacher_stage_name(view_a: str) -> str:
-  return f"{TEACHER_METHOD}@{view_a.replace('+', '_')}"
+  def source(self, method: str) -> str:
+    """The stage whose network a stream with source `method` is."""
+    return dict(self.sources)[method]
 
 
 def plan(config: ml_collections.ConfigDict) -> list[Stage]:
-  """Stages in run order: each distinct teacher first, then the other methods of every degradation."""
-  stages: dict[str, Stage] = {}
+  """Stages in run order: each method of config.methods for every degradation, after the stages it takes
+  weights from (methods.Stream.source), each trained once. A stage whose method and sources read view A
+  only (the teacher) does not depend on the degradation's B, so degradations with the same A share it
+  (`<method>@<A>`, run first); the others are `<degradation>/<method>`."""
+  known = methods.all_methods(config)
+
+  def reads_b(name: str) -> bool:
+    m = known[name]
+    return any(s.view != "a" for _, s in m.streams) or any(reads_b(src) for src in m.sources)
+
+  shared: dict[str, Stage] = {}
+  own: dict[str, Stage] = {}
+
+  def add(name: str, deg_name: str, deg) -> Stage:
+    sources = tuple((src, add(src, deg_name, deg).name) for src in known[name].sources)
+    if reads_b(name):
+      stage = own.setdefault(f"{deg_name}/{name}", Stage(f"{deg_name}/{name}", name, deg.a, deg.b, sources))
+    else:
+      key = f"{name}@{deg.a.replace('+', '_')}"
+      stage = shared.setdefault(key, Stage(key, name, deg.a, deg.a, sources, shared=True))
+    return stage
+
   for deg_name, deg in config.degradations.items():
-    teacher = teacher_stage_name(deg.a)
-    stages.setdefault(teacher, Stage(teacher, TEACHER_METHOD, deg.a, deg.a, None))
-  for deg_name, deg in config.degradations.items():
-    for method in config.methods:
-      if method != TEACHER_METHOD:
-        name = f"{deg_name}/{method}"
-        stages[name] = Stage(name, method, deg.a, deg.b, teacher_stage_name(deg.a))
-  return list(stages.values())
+    for name in config.methods:
+      add(name, deg_name, deg)
+  return [*shared.values(), *own.values()]
 
 
 def stage_dir(workdir: str, stage: Stage) -> str:
@@ -104,16 +120,15 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 
 
-def make_models(config: ml_collections.ConfigDict, num_classes: int) -> tuple[Any, Any]:
-  """The student and teacher networks of `config` (one module when config.teacher_model is empty), computing
-  in config.compute_dtype (parameters, BatchNorm statistics and logits stay float32)."""
-  make = lambda c: models.get_model(c.name, num_classes, dtype=config.compute_dtype, **c.options.to_dict())
-  student = make(config.model)
-  return student, make(config.teacher_model) if config.teacher_model.name else student
+def make_model(config: ml_collections.ConfigDict, key: str, num_classes: int) -> Any:
+  """The network of config section `key` (model, teacher_model, ...), computing in config.compute_dtype
+  (parameters, BatchNorm statistics and logits stay float32)."""
+  section = config[key]
+  return models.get_model(section.name, num_classes, dtype=config.compute_dtype, **section.options.to_dict())
 
 
-def _view(config: ml_collections.ConfigDict, spec: str):
-  return degrade.make_view(spec, config.image_size, config.degrade_params.to_dict())
+def _view(config: ml_collections.ConfigDict, spec: str, size: int | None = None):
+  return degrade.make_view(spec, size or config.image_size, config.degrade_params.to_dict())
 
 
 def say(message: str) -> None:
@@ -135,28 +150,46 @@ class Runner:
     self.mesh = train.data_mesh()
     train.check_batch_size(config.batch_size)
     train.check_batch_size(config.eval_batch_size, "eval_batch_size")
-    self.student, self.teacher_model = make_models(config, data.num_classes)
-    self._eval_fns: dict[tuple[bool, str, str], Any] = {}
-    self._teacher_tables: dict[tuple[str | None, str], Any] = {}
+    self.known = methods.all_methods(config)
+    self._networks: dict[str, Any] = {}
+    self._eval_fns: dict[tuple[str, int, str, str], Any] = {}
+    self._teacher_tables: dict[tuple[str, str, int], Any] = {}
+    self.timing: list[dict[str, Any]] = []
 
   def stage_dir(self, stage: Stage) -> str:
     return stage_dir(self.workdir, stage)
 
-  def _model_for(self, stage: Stage):
-    return self.teacher_model if stage.method == TEACHER_METHOD else self.student
+  def method(self, stage: Stage) -> methods.Method:
+    """The stage's method with the config's options, model sections and input sizes filled in."""
+    return methods.resolve(self.known[stage.method], self.config, self.known)
+
+  def network(self, model_key: str) -> Any:
+    """The linen module of config section `model_key`, built once."""
+    if model_key not in self._networks:
+      self._networks[model_key] = make_model(self.config, model_key, self.data.num_classes)
+    return self._networks[model_key]
+
+  def student(self, stage: Stage) -> tuple[Any, int]:
+    """The network a stage trains and its input size."""
+    s = self.method(stage).stream(self.method(stage).student)
+    return self.network(s.model), s.image_size
 
   def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
-    """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from)."""
+    """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from),
+    with the method's adapters freshly initialised."""
     tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
     seed = jax.random.key(self.config.seed)
     rng = jax.random.fold_in(seed, _stable_hash(stage.name))  # initialisation
     step_rng = jax.random.fold_in(seed, 1 + _stable_hash(stage.name))  # augmentation and views, per step
-    model = self._model_for(stage)
+    method = self.method(stage)
+    student = method.stream(method.student)
+    model = self.network(student.model)
     if variables is None:
-      model_config = self.config.teacher_model if model is not self.student else self.config.model
-      init_from = model_config.get("init_from", "") if init_from is None else init_from
-      variables = pretrained.init_variables(model, rng, self.config.image_size, init_from)
-    return train.create_train_state(model, rng, self.config.image_size, tx, variables, step_rng=step_rng)
+      init_from = self.config[student.model].get("init_from", "") if init_from is None else init_from
+      variables = pretrained.init_variables(model, rng, student.image_size, init_from)
+    adapters = init_adapters(method, self, jax.random.fold_in(rng, 2))
+    return train.create_train_state(model, rng, student.image_size, tx, variables, step_rng=step_rng,
+                                    adapter_params=adapters)
 
   def _manager(self, stage: Stage):
     return checkpoint.make_manager(os.path.join(self.stage_dir(stage), "checkpoints"),
@@ -164,7 +197,7 @@ class Runner:
                                    track_best=bool(self.config.validation_split))
 
   def final_variables(self, stage: Stage) -> dict[str, Any]:
-    """The trained model of a finished stage, read back from its last checkpoint."""
+    """The trained model of a finished stage (without adapters), read back from its last checkpoint."""
     manager = self._manager(stage)
     state = checkpoint.restore_latest(manager, self._template(stage, init_from=""))  # only the tree shape
     manager.close()
@@ -186,17 +219,26 @@ class Runner:
           "on_nonfinite='skip' to skip such batches")
     return skipped
 
-  def train(self, stage: Stage, teacher: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trains `stage` to config.num_steps, resuming from its latest checkpoint.
+  def _views(self, stage: Stage, method: methods.Method) -> dict[tuple[str, int], Any]:
+    """The view functions the streams read, by (view, input size); "ab" needs both."""
+    specs = {"a": stage.view_a, "b": stage.view_b}
+    out = {}
+    for _, s in method.streams:
+      for letter in ("a", "b") if s.view == "ab" else (s.view,):
+        out[letter, s.image_size] = _view(self.config, specs[letter], s.image_size)
+    return out
+
+  def train(self, stage: Stage, weights: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains `stage` to config.num_steps, resuming from its latest checkpoint; `weights` holds the trained
+    variables of its source stages, by stage name.
 
     Returns its variables and a summary (best validation step and accuracy, skipped updates). SIGTERM or
     SIGINT saves a checkpoint and raises checkpoint.Preempted; the same call later resumes from it.
     """
-    config, method = self.config, get_method(stage.method)
-    if method.init_from_teacher and self.teacher_model is not self.student:
-      raise ValueError(f"config key methods: {stage.method} starts the student from the teacher, which needs "
-                       "the same architecture (leave config.teacher_model empty)")
-    state = self._template(stage, teacher if method.init_from_teacher else None)
+    config, method = self.config, self.method(stage)
+    student = method.stream(method.student)
+    init = weights[stage.source(student.source)] if student.source else None
+    state = self._template(stage, init)
     loader = input_pipeline.train_loader(self.data.builder, "train", batch_size=config.batch_size // jax.process_count(),
                                          seed=config.seed, image_size=config.dataset.storage_size or None,
                                          worker_count=config.dataset.worker_count,
@@ -209,13 +251,18 @@ class Runner:
       say(f"stage {stage.name}: resuming from step {int(state.step)}")
     start = int(state.step)
     state = train.replicate(state, self.mesh)
-    cached = method.distill and config.distill.cache_teacher
-    teacher_vars = None
-    if method.distill:
-      teacher_vars = train.replicate(self._teacher_table(stage, teacher) if cached else teacher, self.mesh)
+    views = self._views(stage, method)
+    frozen, frozen_apply = {}, {}
+    for name in method.frozen:
+      s = method.stream(name)
+      source = stage.source(s.source)
+      if s.cache:
+        frozen[name] = self._teacher_table(stage, source, weights[source], s, views[s.view, s.image_size])
+      else:
+        frozen[name], frozen_apply[name] = weights[source], self.network(s.model).apply
+    frozen = train.replicate(frozen, self.mesh)
     step_fn = train.jit_train_step(
-        self.mesh, method=method, view_a=_view(config, stage.view_a), view_b=_view(config, stage.view_b),
-        teacher_apply=self.teacher_model.apply if method.distill and not cached else None, distill=config.distill,
+        self.mesh, method=method, views=views, frozen_apply=frozen_apply, adapters=adapter_modules(method, self),
         flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.dirname),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
@@ -225,7 +272,7 @@ class Runner:
     with _stop_signals() as received:
       for step in range(start, config.num_steps):
         batch = train.shard_batch(next(data_iter), self.mesh)
-        state, metrics = step_fn(state, teacher_vars, batch)
+        state, metrics = step_fn(state, frozen, batch)
         seen += config.batch_size
         bar.update(1)
         done = step + 1
@@ -265,50 +312,97 @@ class Runner:
     writer.close()
     return jax.device_get(state.variables), summary
 
-  def _teacher_table(self, stage: Stage, teacher: dict[str, Any]) -> Any:
-    """The teacher's logits on view A of every training record, both flips (train.teacher_logits_table),
-    computed once per teacher and view A (config.distill.cache_teacher)."""
-    key = (stage.teacher, stage.view_a)
+  def _teacher_table(self, stage: Stage, source: str, variables: dict[str, Any], s: methods.Stream, view) -> Any:
+    """A frozen stream's logits on its view of every training record, both flips (train.teacher_logits_table),
+    computed once per source stage, view and input size (Stream.cache; config.cache_teacher)."""
+    spec = stage.view_a if s.view == "a" else stage.view_b
+    key = (source, spec, s.image_size)
     if key not in self._teacher_tables:
       t0 = time.time()
       batches = input_pipeline.eval_batches(self.data.builder, "train", batch_size=self.config.eval_batch_size,
                                             image_size=self.config.dataset.storage_size or None)
       self._teacher_tables[key] = train.teacher_logits_table(
-          self.teacher_model.apply, teacher, _view(self.config, stage.view_a), batches, self.mesh,
+          self.network(s.model).apply, variables, view, batches, self.mesh,
           ynn_fusions=self.config.xla_cpu_ynn_fusions)
       say(f"stage {stage.name}: cached the teacher's logits on {len(self._teacher_tables[key])} training images "
           f"(both flips) in {time.time() - t0:.1f}s")
     return self._teacher_tables[key]
 
   def _eval_fn(self, stage: Stage, view_b: str):
-    """The jitted evaluation of a stage's model (compiled once per model and pair of views)."""
-    key = (stage.method == TEACHER_METHOD, stage.view_a, view_b)
+    """The jitted evaluation of a stage's model at its input size (compiled once per model, size and pair of
+    views)."""
+    s = self.method(stage).stream(self.method(stage).student)
+    key = (s.model, s.image_size, stage.view_a, view_b)
     if key not in self._eval_fns:
-      self._eval_fns[key] = train.jit_eval_step(self.mesh, apply_fn=self._model_for(stage).apply,
-                                                view_a=_view(self.config, stage.view_a),
-                                                view_b=_view(self.config, view_b),
+      self._eval_fns[key] = train.jit_eval_step(self.mesh, apply_fn=self.network(s.model).apply,
+                                                view_a=_view(self.config, stage.view_a, s.image_size),
+                                                view_b=_view(self.config, view_b, s.image_size),
                                                 ynn_fusions=self.config.xla_cpu_ynn_fusions)
     return self._eval_fns[key]
 
   def evaluate(self, stage: Stage, variables: dict[str, Any], view_b: str, split: str | None = None
                ) -> dict[str, float]:
-    """Top-1 accuracy of a stage's model on `split` (default config.eval_split), on view A and on `view_b`."""
+    """Top-1 accuracy of a stage's model on `split` (default config.eval_split), on view A and on `view_b`,
+    both at the model's input size. Its speed goes to `self.timing`."""
     config = self.config
     eval_fn = self._eval_fn(stage, view_b)
     variables = train.replicate(variables, self.mesh)
     total = None
-    batches = input_pipeline.eval_batches(self.data.builder, split or config.eval_split,
-                                          batch_size=config.eval_batch_size,
+    split = split or config.eval_split
+    batches = input_pipeline.eval_batches(self.data.builder, split, batch_size=config.eval_batch_size,
                                           image_size=config.dataset.storage_size or None)
+    t0 = time.time()
     for i, batch in enumerate(batches):
       m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i))
       total = m if total is None else total.merge(m)
-    return {k: float(v) for k, v in total.compute().items()}
+    out = {k: float(v) for k, v in total.compute().items()}  # waits for the last batch
+    seconds = time.time() - t0
+    images = 2 * int(total.accuracy_a.count)  # both views
+    self.timing.append({"stage": stage.name, "split": split, "view_b": view_b, "images": images,
+                        "seconds": round(seconds, 3), "images_per_s": round(images / max(seconds, 1e-9), 1)})
+    return out
 
   def _validate(self, stage: Stage, state: train.TrainState) -> dict[str, float]:
     """Accuracy on config.validation_split of the view the stage's model is for (A for the teacher, else B)."""
     acc = self.evaluate(stage, state.variables, stage.view_b, self.config.validation_split)
     return {checkpoint.BEST_METRIC: acc["accuracy_b"]}
+
+
+def output_shapes(method: methods.Method, runner_or_networks: Any, batch: int = 2) -> dict[str, tuple[int, ...]]:
+  """The shape of every output a resolved method's terms can read ("<stream>.logits", "<stream>.features.<name>"),
+  by tracing each network (nothing is computed)."""
+  out = {}
+  for name, s in method.streams:
+    model = runner_or_networks.network(s.model)
+    images = jax.ShapeDtypeStruct((batch, s.image_size, s.image_size, 3), jax.numpy.float32)
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+    logits, features, _ = jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x, train=False),
+                                         variables, images)
+    out[f"{name}.logits"] = logits.shape
+    out.update({f"{name}.features.{k}": v.shape for k, v in features.items()})
+  return out
+
+
+def adapter_modules(method: methods.Method, runner_or_networks: Any) -> dict[str, Any]:
+  """The adapter of each term that has one, by term metric, built for its target's shape."""
+  terms = [t for t in method.terms if t.adapter]
+  if not terms:
+    return {}
+  shapes = output_shapes(method, runner_or_networks)
+  return {t.metric: models.ADAPTERS[t.adapter](target=tuple(shapes[t.inputs[1]][1:])) for t in terms}
+
+
+def init_adapters(method: methods.Method, runner_or_networks: Any, rng: jax.Array) -> dict[str, Any]:
+  """Fresh parameters of the method's adapters, by term metric."""
+  modules = adapter_modules(method, runner_or_networks)
+  if not modules:
+    return {}
+  shapes = output_shapes(method, runner_or_networks)
+  out = {}
+  for i, t in enumerate(t for t in method.terms if t.adapter):
+    x = jax.numpy.zeros(shapes[t.inputs[0]], jax.numpy.float32)
+    out[t.metric] = jax.jit(modules[t.metric].init)(jax.random.fold_in(rng, i), x)["params"]
+  return out
 
 
 def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict) -> bool:
@@ -358,6 +452,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   data = prepare_data(config, workdir)
   runner = Runner(config, workdir, data)
   stages = plan(config)
+  by_name = {s.name: s for s in stages}
+  needed = {source for s in stages for _, source in s.sources}
   trained: dict[str, dict[str, Any]] = {}
   rows = []
   for stage in stages:
@@ -367,19 +463,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       with open(result_path) as f:
         rows.extend(json.load(f))
       continue
-    teacher = None
-    if stage.teacher:
-      if stage.teacher not in trained:
-        trained[stage.teacher] = runner.final_variables(next(s for s in stages if s.name == stage.teacher))
-      teacher = trained[stage.teacher]
-    variables, summary = runner.train(stage, teacher)
-    if stage.method == TEACHER_METHOD:
+    for _, source in stage.sources:
+      if source not in trained:
+        trained[source] = runner.final_variables(by_name[source])
+    variables, summary = runner.train(stage, trained)
+    if stage.name in needed:
       trained[stage.name] = variables
+    model, size = runner.student(stage)
+    cost = {"params": models.count_params(variables), "flops_per_image": models.flops_per_image(model, variables, size)}
     stage_rows = []
-    cost = {"params": models.count_params(variables),
-            "flops_per_image": models.flops_per_image(runner._model_for(stage), variables, config.image_size)}
     for deg_name, deg in config.degradations.items():
-      if stage.method == TEACHER_METHOD and deg.a == stage.view_a or stage.name.startswith(f"{deg_name}/"):
+      if stage.name == f"{deg_name}/{stage.method}" or stage.shared and deg.a == stage.view_a:
         acc = runner.evaluate(stage, variables, deg.b)
         stage_rows.append({"degradation": deg_name, "method": stage.method, "stage": stage.name,
                            "accuracy_a": acc["accuracy_a"], "accuracy_b": acc["accuracy_b"], **summary, **cost})
@@ -387,5 +481,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       fileio.write_text(result_path, json.dumps(stage_rows, indent=2))
     rows.extend(stage_rows)
   if multihost.is_primary():
-    results.write_tables(rows, list(config.degradations), [m for m in config.methods], workdir)
+    shown = list(dict.fromkeys([*(s.method for s in stages if s.method not in config.methods), *config.methods]))
+    results.write_tables(rows, list(config.degradations), shown, workdir,
+                         tested_on_a={s.method for s in stages if s.shared})
+    results.write_timing(runner.timing, workdir)
   return rows

@@ -8,7 +8,7 @@ share, so that their mean is the loss over every pair or triplet.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -105,19 +105,31 @@ DISTILL_LOSSES: dict[str, DistillLoss] = {
 
 
 def get_distill_loss(name: str) -> DistillLoss:
-  """Looks up a teacher-matching loss by the name used in configs (`config.distill.loss`)."""
+  """Looks up a teacher-matching loss by the name used in configs (`config.kd.loss`)."""
   if name not in DISTILL_LOSSES:
-    raise ValueError(f"config key distill.loss={name!r} is not known; choose one of {sorted(DISTILL_LOSSES)}")
+    raise ValueError(f"config key kd.loss={name!r} is not known; choose one of {sorted(DISTILL_LOSSES)}")
   return DISTILL_LOSSES[name]
 
 
 def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, loss: str = "soft_ce", temperature: float = 1.0,
-       t2_scale: bool = False, **unused: Any) -> jax.Array:
-  """The distillation term: DISTILL_LOSSES[loss] at `temperature` (config.distill's other keys: unused)."""
-  del unused
+       t2_scale: bool = False) -> jax.Array:
+  """The distillation term of the built-in methods: DISTILL_LOSSES[loss] at `temperature` (config.kd)."""
   return get_distill_loss(loss)(student_logits, teacher_logits, temperature=temperature, t2_scale=t2_scale)
 
 
+def feature_mse(student: jax.Array, target: jax.Array) -> jax.Array:
+  """Mean squared difference between two features of the same shape (FitNets' hint loss), per example."""
+  diff = student.astype(jnp.float32) - target.astype(jnp.float32)
+  return jnp.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=-1)
+
+
 # The loss functions a method's terms name (methods.Term.loss): per-example losses of the outputs they compare.
-TERMS: dict[str, Callable[..., jax.Array]] = {"ce": cross_entropy, "kd": kd, "rkd_distance": rkd_distance,
-                                             "rkd_angle": rkd_angle}
+TERMS: dict[str, Callable[..., jax.Array]] = {
+    "ce": cross_entropy,
+    "kd": kd,
+    "soft_ce": soft_cross_entropy,
+    "logit_mse": logit_squared_error,
+    "feature_mse": feature_mse,
+    "rkd_distance": rkd_distance,
+    "rkd_angle": rkd_angle,
+}

@@ -5,20 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from cqd_jax import fileio
-from cqd_jax.methods import TEACHER_METHOD
 
 Row = dict[str, Any]
 
 
-def table_rows(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str]) -> list[list[str]]:
-  """[method, test domain, accuracy (%) per degradation]; train_a appears tested on A and on B."""
+def table_rows(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str],
+               tested_on_a: Collection[str] = ("train_a",)) -> list[list[str]]:
+  """[method, test domain, accuracy (%) per degradation]; the methods `tested_on_a` (trained on A: the
+  teacher) appear tested on A and on B, the others on B."""
   by_key = {(r["degradation"], r["method"]): r for r in rows}
   lines = []
   for method in methods:
-    tests = ("a", "b") if method == TEACHER_METHOD else ("b",)
+    tests = ("a", "b") if method in tested_on_a else ("b",)
     for test in tests:
       cells = []
       for deg in degradations:
@@ -28,11 +29,12 @@ def table_rows(rows: Sequence[Row], degradations: Sequence[str], methods: Sequen
   return lines
 
 
-def markdown(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str]) -> str:
+def markdown(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str],
+             tested_on_a: Collection[str] = ("train_a",)) -> str:
   """The table as GitHub Markdown (top-1 accuracy in % on the test split)."""
   header = ["method", "test", *degradations]
   out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  out += ["| " + " | ".join(line) + " |" for line in table_rows(rows, degradations, methods)]
+  out += ["| " + " | ".join(line) + " |" for line in table_rows(rows, degradations, methods, tested_on_a)]
   return "\n".join(out) + "\n"
 
 
@@ -56,13 +58,14 @@ def models_markdown(rows: Sequence[Row]) -> str:
   return "\n".join(out) + "\n"
 
 
-def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], path: str) -> None:
+def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], path: str,
+         tested_on_a: Collection[str] = ("train_a",)) -> None:
   """Grouped bar chart of accuracy on B per degradation (plus train_a on A, the upper bound), as a PNG."""
   import matplotlib  # Imported here: only needed when a run finishes.
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  lines = table_rows(rows, degradations, methods)
+  lines = table_rows(rows, degradations, methods, tested_on_a)
   fig, ax = plt.subplots(figsize=(3.0 + 2.0 * len(degradations), 3.4))
   width = 0.8 / len(lines)
   for i, (method, test, *cells) in enumerate(lines):
@@ -79,7 +82,8 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
   plt.close(fig)
 
 
-def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str) -> str:
+def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str,
+                 tested_on_a: Collection[str] = ("train_a",)) -> str:
   """Writes results.csv (one row per degradation and method), results.md and results.png; returns the Markdown."""
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b",
@@ -87,9 +91,19 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
                                                "flops_per_image"])
   writer.writeheader()
   writer.writerows(rows)
-  md = (markdown(rows, degradations, methods) + "\nModels (FLOPs: XLA's count for one image):\n\n"
+  md = (markdown(rows, degradations, methods, tested_on_a) + "\nModels (FLOPs: XLA's count for one image):\n\n"
         + models_markdown(rows))
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
     fileio.write_text(os.path.join(workdir, name), text)
-  plot(rows, degradations, methods, os.path.join(workdir, "results.png"))
+  plot(rows, degradations, methods, os.path.join(workdir, "results.png"), tested_on_a)
   return md
+
+
+def write_timing(timing: Sequence[Row], workdir: str) -> None:
+  """Writes timing.csv: each evaluation's images (both views) and images/s. Apart from results.csv, which is
+  a function of the config and seed alone; these depend on the machine and its load."""
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=["stage", "split", "view_b", "images", "seconds", "images_per_s"])
+  writer.writeheader()
+  writer.writerows(timing)
+  fileio.write_text(os.path.join(workdir, "timing.csv"), buf.getvalue())

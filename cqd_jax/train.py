@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cqd_jax import degrade
 from cqd_jax import losses
 from cqd_jax import models
+from cqd_jax import methods
 from cqd_jax.methods import Method
 
 View = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
@@ -45,7 +46,13 @@ class TrainState(train_state.TrainState):
 
   @property
   def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    """The model's variables, without the adapters a method trains with it (they are not exported)."""
+    params = {k: v for k, v in self.params.items() if k != ADAPTERS}
+    return {"params": params, "batch_stats": self.batch_stats}
+
+
+# The key of state.params under which a method's trainable adapters (models.ADAPTERS) keep their parameters.
+ADAPTERS = "adapters"
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
@@ -83,15 +90,20 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int) -> tuple[opta
 
 
 def create_train_state(model: nn.Module, rng: jax.Array, image_size: int, tx: optax.GradientTransformation,
-                       variables: Variables | None = None, step_rng: jax.Array | None = None) -> TrainState:
+                       variables: Variables | None = None, step_rng: jax.Array | None = None,
+                       adapter_params: Mapping[str, Any] | None = None) -> TrainState:
   """Initialises the model from `rng`, or starts from a copy of `variables` (the step donates its state's
-  buffers); `step_rng` (default: derived from `rng`) drives the augmentation and the views of every step."""
+  buffers); `step_rng` (default: derived from `rng`) drives the augmentation and the views of every step.
+  `adapter_params` (by term metric) train with the model, under params["adapters"]."""
   if variables is None:
     variables = models.init_variables(model, rng, image_size)
   else:
     variables = jax.tree.map(jnp.copy, variables)
   step_rng = jax.random.fold_in(rng, 1) if step_rng is None else step_rng
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+  params = dict(variables["params"])
+  if adapter_params:
+    params[ADAPTERS] = dict(adapter_params)
+  return TrainState.create(apply_fn=model.apply, params=params,
                            batch_stats=variables.get("batch_stats", {}), tx=tx,
                            rng=jax.random.key_data(step_rng), skipped=jnp.zeros((), jnp.int32),
                            last_skipped=jnp.full((), -1, jnp.int32))
@@ -134,62 +146,91 @@ def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: flo
 
 # ---------------------------------------------------------------------------------------------- train step
 
-def train_step(state: TrainState, teacher_variables: Variables | jax.Array | None, batch: Mapping[str, jax.Array],
-               *, method: Method, view_a: View, view_b: View, teacher_apply: Callable[..., jax.Array] | None,
-               distill: ml_collections.ConfigDict, flip: bool,
-               crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step of `method`, fused: augmentation, the views its streams read, the frozen streams' forward
-  passes (the teacher, `teacher_apply`, in eval mode), the student's forward/backward on its view, the sum of
-  the method's weighted loss terms and the update. Metrics: "loss", "grad_norm", "skipped", "accuracy", each
-  term's batch mean under its metric name, and "<frozen stream>_agreement" (top-1 agreement with the student).
+def _forward(apply_fn: Callable, variables: Variables, images: jax.Array, features: bool, **kwargs: Any
+             ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
+  """(logits, named features (empty unless `features`), updated mutable collections) of one network."""
+  mutable = list(kwargs.pop("mutable", []))
+  if features:
+    logits, state = apply_fn(variables, images, mutable=[*mutable, models.FEATURES], **kwargs)
+    state = dict(state)
+    return logits, dict(state.pop(models.FEATURES)), state
+  if mutable:
+    logits, state = apply_fn(variables, images, mutable=mutable, **kwargs)
+    return logits, {}, dict(state)
+  return apply_fn(variables, images, **kwargs), {}, {}
 
-  With `teacher_apply=None` a distilling method reads the teacher's logits from `teacher_variables`, then a
-  table [num_records, 2, K] of its logits on view A of every training record, unflipped and flipped
-  (`teacher_logits_table`), indexed by the batch's "record"; the teacher network does not run.
+
+def _outputs(name: str, logits: jax.Array, features: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  return {f"{name}.logits": logits, **{f"{name}.features.{k}": v for k, v in features.items()}}
+
+
+def train_step(state: TrainState, frozen: Mapping[str, Any], batch: Mapping[str, jax.Array], *, method: Method,
+               views: Mapping[tuple[str, int], View], frozen_apply: Mapping[str, Callable[..., jax.Array]],
+               adapters: Mapping[str, nn.Module], flip: bool,
+               crop_margin: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One SGD step of `method` (methods.resolve'd), fused: augmentation, the views its streams read
+  (`views[(view, size)]`, each made once), the frozen streams' forward passes (`frozen_apply[name]` on
+  `frozen[name]`, eval mode, no gradient), the student's forward/backward, the sum of the weighted loss terms
+  (through `adapters[term.metric]`, whose parameters are the state's params["adapters"]) and the update.
+  Metrics: "loss", "grad_norm", "skipped", "accuracy", each term's batch mean under its metric name, and
+  "<frozen stream>_agreement" (top-1 agreement with the student).
+
+  A frozen stream with `cache` reads its logits from `frozen[name]`, then a table [num_records, 2, K] of its
+  logits on its view of every training record, unflipped and flipped (`teacher_logits_table`), indexed by the
+  batch's "record"; its network does not run.
   An update whose loss or gradient is not finite is not applied (parameters, optimizer state and BatchNorm
   statistics stay as they were; the step counter advances past the batch) and is counted in the state.
   """
   rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   k_flip, k_a, k_b, k_mix = jax.random.split(rng, 4)
   images, boxes = to_float(batch["image"]), batch["bbox"]
-  cached_teacher = method.distill and teacher_apply is None
+  cached = {name for name in method.frozen if method.stream(name).cache}
   if crop_margin > 0:
-    if cached_teacher:
+    if cached:
       raise ValueError("cached teacher logits need a deterministic teacher input: augment.crop_margin must be 0")
     images, boxes = random_crop(images, boxes, jax.random.fold_in(k_flip, 1), crop_margin)
   flipped = jnp.zeros(images.shape[:1], bool)
   if flip:
     images, boxes, flipped = random_flip(images, boxes, k_flip)
-  # The views the streams read (a cached teacher reads none), each made once with its own key.
-  read = {s.view for name, s in method.streams if not (cached_teacher and name in method.frozen)}
-  x = view_a(images, boxes, k_a)[0] if read & {"a", "ab"} else None
-  z = view_b(images, boxes, k_b)[0] if read & {"b", "ab"} else None
-  inputs = {"a": x, "b": z}
-  if "ab" in read:
-    pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
-    inputs["ab"] = jnp.where(pick_a, x, z)
+  made: dict[tuple[str, int], jax.Array] = {}
+
+  def view(letter: str, size: int) -> jax.Array:
+    """The stream input `letter` at `size` px, made once per step (and per size) with the view's own key."""
+    if (letter, size) not in made:
+      if letter == "ab":
+        pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
+        made[letter, size] = jnp.where(pick_a, view("a", size), view("b", size))
+      else:
+        made[letter, size] = views[letter, size](images, boxes, k_a if letter == "a" else k_b)[0]
+    return made[letter, size]
+
   outputs = {"label": batch["label"]}
   for name in method.frozen:  # eval mode, no gradient
-    if cached_teacher:
-      logits = teacher_variables[batch["record"], flipped.astype(jnp.int32)]
+    s = method.stream(name)
+    if name in cached:
+      outputs[f"{name}.logits"] = frozen[name][batch["record"], flipped.astype(jnp.int32)]
     else:
-      logits = jax.lax.stop_gradient(teacher_apply(teacher_variables, inputs[method.stream(name).view], train=False))
-    outputs[f"{name}.logits"] = logits
+      logits, features, _ = _forward(frozen_apply[name], frozen[name], view(s.view, s.image_size),
+                                     method.features(name), train=False)
+      outputs.update(jax.lax.stop_gradient(_outputs(name, logits, features)))
   student = method.student
-  config_sections = {"distill": distill}
+  s = method.stream(student)
+  student_input = view(s.view, s.image_size)
 
   def loss_fn(params):
-    logits, updates = state.apply_fn({"params": params, "batch_stats": state.batch_stats},
-                                     inputs[method.student_input], train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": jax.random.fold_in(k_mix, 1)})
-    out = {**outputs, f"{student}.logits": logits}
+    model_params = {k: v for k, v in params.items() if k != ADAPTERS}
+    logits, features, updates = _forward(
+        state.apply_fn, {"params": model_params, "batch_stats": state.batch_stats}, student_input,
+        method.features(student), train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.fold_in(k_mix, 1)})
+    out = {**outputs, **_outputs(student, logits, features)}
     aux = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == out["label"])}
     loss = 0.0
     for term in method.terms:
-      options = dict(config_sections[term.options]) if term.options else {}
-      weight = options.pop(term.weight) if isinstance(term.weight, str) else term.weight
-      aux[term.metric] = losses.TERMS[term.loss](*(out[k] for k in term.inputs), **options).mean()
-      loss = loss + weight * aux[term.metric]
+      args = [out[k] for k in term.inputs]
+      if term.adapter:
+        args[0] = adapters[term.metric].apply({"params": params[ADAPTERS][term.metric]}, args[0])
+      aux[term.metric] = losses.TERMS[term.loss](*args, **dict(term.options)).mean()
+      loss = loss + term.weight * aux[term.metric]
     for name in method.frozen:
       aux[f"{name}_agreement"] = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(out[f"{name}.logits"], -1))
     return loss, (aux, updates.get("batch_stats", {}))
@@ -338,6 +379,19 @@ def jit_train_step(mesh: Mesh, *, ynn_fusions: str = "", **static) -> Callable:
   return jax.jit(functools.partial(train_step, **static), donate_argnums=(0,),
                  in_shardings=(replicated, replicated, data), out_shardings=(replicated, replicated),
                  compiler_options=compiler_options(ynn_fusions))
+
+
+def jit_one_model_step(mesh: Mesh, method: Method, *, model: nn.Module, view_a: View, view_b: View, image_size: int,
+                       kd: Mapping[str, Any] | None = None, cached: bool = False, **static) -> Callable:
+  """`jit_train_step` for the common case of one architecture at one input size: every stream runs `model`,
+  views A and B are given, KD's options are `kd` and `cached` caches the frozen streams' logits. The step
+  takes (state, {frozen stream: variables or logits table}, batch); tests and benchmarks use it."""
+  config = ml_collections.ConfigDict(dict(image_size=image_size, cache_teacher=cached, kd=dict(kd or {}),
+                                          model={"name": model.__class__.__name__}, teacher_model={"name": ""}))
+  resolved = methods.resolve(method, config)
+  return jit_train_step(mesh, method=resolved, views={("a", image_size): view_a, ("b", image_size): view_b},
+                        frozen_apply={} if cached else {n: model.apply for n in resolved.frozen}, adapters={},
+                        **static)
 
 
 def jit_eval_step(mesh: Mesh, *, ynn_fusions: str = "", **static) -> Callable:

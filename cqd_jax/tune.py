@@ -1,12 +1,12 @@
 r"""Tunes config keys (the paper's T and lambda) on the validation split, never looking at the test split.
 
   python -m cqd_jax.tune --config=configs/cub_subset.py:lowres --workdir=/tmp/tune_cub_lowres \
-      --grid=distill.temperature=1,2,5,10 --grid=distill.weight=50,200 --methods=cqd
+      --grid=kd.temperature=1,2,5,10 --grid=kd.weight=50,200 --methods=cqd
 
 Each point of the grid (the product of the --grid lists) is an ordinary workdir under <workdir>/points/, run
 by experiment.run with `eval_split` set to the config's `validation_split`, so every accuracy it reports is
-on validation data. When only `distill.*` keys vary the teacher does not depend on them: it is trained once in
-<workdir>/teacher and linked into each point. Finished points are skipped on a re-run, so a grid can be
+on validation data. When only the options of loss terms vary (`kd.*`), the stages whose methods do not read
+them (the teacher) are trained once in <workdir>/teacher and linked into each point. Finished points are skipped on a re-run, so a grid can be
 extended later. The table (tune.md, tune.csv) has one row per point, the best point per degradation and method
 is marked, and the flags that apply it to the real run are printed.
 """
@@ -29,7 +29,7 @@ from cqd_jax import config_lib
 from cqd_jax import fileio
 from cqd_jax import main as cli
 from cqd_jax import multihost
-from cqd_jax.methods import TEACHER_METHOD, get_method
+from cqd_jax import methods as methods_lib
 
 _GRID = flags.DEFINE_multi_string("grid", [], "key=v1,v2,... : a config key and the values to try (repeatable; "
                                   "the grid is the product of all).")
@@ -41,7 +41,7 @@ Grid = list[tuple[str, list[Any]]]
 def parse_grid(specs: Sequence[str], config: ml_collections.ConfigDict) -> Grid:
   """[(key, values)] from `key=v1,v2` strings, each value converted to the type the config's key has."""
   if not specs:
-    raise config_lib.ConfigError("--grid: give at least one key=v1,v2,... (e.g. distill.temperature=1,2,5,10)")
+    raise config_lib.ConfigError("--grid: give at least one key=v1,v2,... (e.g. kd.temperature=1,2,5,10)")
   grid = []
   for spec in specs:
     key, sep, values = spec.partition("=")
@@ -82,14 +82,38 @@ def point_name(assignment: Sequence[tuple[str, Any]]) -> str:
 
 def tuned_methods(config: ml_collections.ConfigDict, names: Sequence[str] | None) -> list[str]:
   """The methods to tune: `names`, or else those of config.methods that distil (their λ and T matter)."""
-  names = list(names) if names else [m for m in config.methods if get_method(m).distill]
+  known = methods_lib.all_methods(config)
+  names = list(names) if names else [m for m in config.methods if known.get(m) and known[m].frozen]
   if not names:
     raise config_lib.ConfigError("--methods: none given and config key methods has no distilling method")
   for name in names:
-    get_method(name)
-  if TEACHER_METHOD in names:
-    raise config_lib.ConfigError(f"--methods: {TEACHER_METHOD} is the teacher; tune the methods it teaches")
+    methods_lib.get_method(name, config)
+  for name in names:
+    for other in dict.fromkeys([*names, *(m for m in config.methods if m in known)]):
+      if name in _sources(other, known):
+        raise config_lib.ConfigError(f"--methods: {name} is the teacher of {other}; tune the methods it teaches")
   return names
+
+
+def _sources(name: str, known: dict[str, methods_lib.Method]) -> set[str]:
+  """The methods `name` takes weights from, directly or through others."""
+  out = set()
+  for source in known[name].sources:
+    out |= {source} | _sources(source, known)
+  return out
+
+
+def shared_methods(config: ml_collections.ConfigDict, grid: Grid, methods: Sequence[str]) -> tuple[str, ...]:
+  """The sources of the tuned `methods` that no grid key affects: with only term options (config sections
+  a term reads, such as kd) in the grid, the methods whose terms read none of them (the teacher), else none."""
+  known = methods_lib.all_methods(config)
+  sections = {t.options for m in known.values() for t in m.terms if isinstance(t.options, str)}
+  varied = {key.split(".", 1)[0] for key, _ in grid}
+  if not varied <= sections:
+    return ()
+  reads = lambda m: any(t.options in varied for t in known[m].terms)
+  shared = {s for m in methods for s in _sources(m, known) if not reads(s)}
+  return tuple(s for s in known if s in shared)
 
 
 def validation_config(config: ml_collections.ConfigDict, methods: Sequence[str]) -> ml_collections.ConfigDict:
@@ -99,7 +123,7 @@ def validation_config(config: ml_collections.ConfigDict, methods: Sequence[str])
   out = copy.deepcopy(config)
   out.eval_split = config.validation_split
   out.validation_split = ""
-  out.methods = (TEACHER_METHOD, *methods)
+  out.methods = tuple(methods)
   return out
 
 
@@ -110,12 +134,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, grid: Grid, methods: Se
   base = validation_config(config, methods)
   if not base.dataset.data_dir:  # one data set for the teacher and all points
     base.dataset.data_dir = os.path.join(workdir, "data")
-  share_teacher = all(key.startswith("distill.") for key, _ in grid)
+  shared = shared_methods(config, grid, methods)
   teacher_dir = os.path.join(workdir, "teacher")
-  if share_teacher:
+  if shared:
     teacher_config = copy.deepcopy(base)
-    teacher_config.methods = (TEACHER_METHOD,)
-    experiment.say("tune: the teacher (shared by every point: only distill.* keys vary)")
+    teacher_config.methods = shared
+    experiment.say(f"tune: {', '.join(shared)} (shared by every point: the grid does not change them)")
     _run_point(experiment, teacher_config, teacher_dir)
   points = list(itertools.product(*[[(key, v) for v in values] for key, values in grid]))
   rows = []
@@ -126,8 +150,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, grid: Grid, methods: Se
       config_lib.set_value(point, key, value)
     config_lib.validate(point)
     point_dir = os.path.join(workdir, "points", name)
-    if share_teacher:
-      _link_teachers(experiment, point, teacher_dir, point_dir)
+    if shared:
+      _link_teachers(experiment, point, shared, teacher_dir, point_dir)
     experiment.say(f"tune: point {i + 1}/{len(points)}: {name}")
     try:
       scores = {(r["degradation"], r["method"]): r["accuracy_b"] for r in _run_point(experiment, point, point_dir)}
@@ -147,12 +171,13 @@ def _run_point(experiment, config: ml_collections.ConfigDict, workdir: str) -> l
   return experiment.run(config, workdir)
 
 
-def _link_teachers(experiment, config: ml_collections.ConfigDict, teacher_dir: str, point_dir: str) -> None:
-  """Links the shared teacher's finished stages into a point's workdir, where experiment.run skips them."""
+def _link_teachers(experiment, config: ml_collections.ConfigDict, shared: Sequence[str], teacher_dir: str,
+                   point_dir: str) -> None:
+  """Links the shared stages (of methods `shared`) into a point's workdir, where experiment.run skips them."""
   if not multihost.is_primary():
     return
   for stage in experiment.plan(config):
-    if stage.method != TEACHER_METHOD:
+    if stage.method not in shared:
       continue
     link = experiment.stage_dir(point_dir, stage)
     if not os.path.lexists(link):

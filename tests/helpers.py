@@ -117,11 +117,21 @@ def optimizer_config(**overrides: Any):
   return ml_collections.ConfigDict(opt)
 
 
-def distill_config(**overrides: Any):
+def kd_config(**overrides: Any):
+  """Options of the KD term (config.kd) for the tiny steps."""
   import ml_collections
-  distill = dict(loss="soft_ce", temperature=4.0, weight=10.0, t2_scale=False)
-  distill.update(overrides)
-  return ml_collections.ConfigDict(distill)
+  kd = dict(loss="soft_ce", temperature=4.0, weight=10.0, t2_scale=False)
+  kd.update(overrides)
+  return ml_collections.ConfigDict(kd)
+
+
+def tiny_step(method, mesh, *, model=None, **static):
+  """The jitted step of `method` for the tiny model, views and KD options (static: flip, crop_margin, ...)."""
+  from cqd_jax import train
+  view_a, view_b = views()
+  static.setdefault("kd", kd_config())
+  return train.jit_one_model_step(mesh, method, model=model or tiny_model(), view_a=view_a, view_b=view_b,
+                                  image_size=IMAGE_SIZE, **static)
 
 
 def views():
@@ -161,17 +171,15 @@ def train_few_steps(method_name: str, num_steps: int, batch_size: int, seed: int
   train.check_batch_size(batch_size)
   method = methods.get_method(method_name)
   model = tiny_model()
-  teacher = init_variables(model, seed + 100) if method.needs_teacher else None
+  init_from = method.stream(method.student).source
+  teacher = init_variables(model, seed + 100) if method.sources else None
   tx, _ = train.make_optimizer(optimizer_config(), num_steps)
   state = train.create_train_state(model, jax.random.key(seed), IMAGE_SIZE, tx,
-                                   teacher if method.init_from_teacher else None, step_rng=jax.random.key(seed + 2))
+                                   teacher if init_from else None, step_rng=jax.random.key(seed + 2))
   mesh = train.data_mesh()
-  view_a, view_b = views()
-  step = train.jit_train_step(mesh, method=method, view_a=view_a, view_b=view_b,
-                              teacher_apply=model.apply if method.distill else None, distill=distill_config(),
-                              flip=True)
+  step = tiny_step(method, mesh, model=model, flip=True)
   state = train.replicate(state, mesh)
-  teacher_vars = train.replicate(teacher, mesh) if method.distill else None
+  teacher_vars = train.replicate({n: teacher for n in method.frozen}, mesh)
   batch = train.shard_batch(process_rows(tiny_batch(batch_size, seed=seed + 1)), mesh)
   out = {}
   for i in range(num_steps):

@@ -26,9 +26,10 @@ def test_plan_trains_one_teacher_per_view_a_first_and_reuses_it():
   assert names[2:] == ["cars/train_b", "cars/cqd", "localize/train_b", "localize/cqd", "lowres/train_b",
                        "lowres/cqd"]
   by_name = {s.name: s for s in stages}
-  assert by_name["localize/cqd"].teacher == "train_a@crop" and by_name["localize/cqd"].view_b == "full"
-  assert by_name["cars/cqd"].teacher == "train_a@full"
-  assert by_name["train_a@crop"].teacher is None
+  assert by_name["localize/cqd"].sources == (("train_a", "train_a@crop"),)
+  assert by_name["localize/cqd"].view_b == "full"
+  assert by_name["cars/cqd"].source("train_a") == "train_a@full"
+  assert by_name["train_a@crop"].sources == () and by_name["train_a@crop"].shared
 
 
 def test_results_table_rows_and_files(tmp_path):

@@ -39,13 +39,13 @@ def first_step(name: str) -> dict[str, np.ndarray]:
   method = methods.get_method(name)
   tx, _ = train.make_optimizer(helpers.optimizer_config(lr=LR, end_lr=LR, momentum=0.0, weight_decay=0.0), 10)
   state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx,
-                                   teacher if method.init_from_teacher else None)
+                                   teacher if method.stream(method.student).source else None)
   mesh = train.data_mesh()
-  step = train.jit_train_step(mesh, method=method, view_a=view_a, view_b=view_b,
-                              teacher_apply=model.apply if method.distill else None,
-                              distill=helpers.distill_config(), flip=True, crop_margin=0.1)
+  step = train.jit_one_model_step(mesh, method, model=model, view_a=view_a, view_b=view_b,
+                                  image_size=helpers.IMAGE_SIZE, kd=helpers.kd_config(), flip=True, crop_margin=0.1)
   before = helpers.flatten(jax.device_get(state.params))  # the step donates the state's buffers
-  state, metrics = step(state, teacher, train.shard_batch(helpers.tiny_batch(BATCH, seed=1), mesh))
+  state, metrics = step(state, {n: teacher for n in method.frozen},
+                        train.shard_batch(helpers.tiny_batch(BATCH, seed=1), mesh))
   after = helpers.flatten(jax.device_get(state.params))
   out = {f"metric/{k}": np.asarray(v) for k, v in jax.device_get(metrics).items()}
   out.update({f"grad/{k}": (before[k] - after[k]) / np.float32(LR) for k in before})

@@ -122,7 +122,7 @@ def test_runner_gives_each_process_its_share_of_the_batch(monkeypatch, tmp_path)
   monkeypatch.setattr(input_pipeline, "train_loader", loader)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   with pytest.raises(Stop):
-    runner.train(experiment.plan(config)[0], None)
+    runner.train(experiment.plan(config)[0], {})
   assert asked["batch_size"] == config.batch_size // 2
 
 

@@ -36,7 +36,7 @@ def test_paper_config_has_the_papers_protocol(path):
   config_lib.validate(config)
   is_cub = "cub_" in os.path.basename(path)
   assert config.dataset.name == ("cub_paired" if is_cub else "cars_paired")
-  assert config.distill.weight == (200.0 if is_cub else 50.0) and config.distill.temperature == 10.0
+  assert config.kd.weight == (200.0 if is_cub else 50.0) and config.kd.temperature == 10.0
   opt = config.optimizer
   assert (opt.name, opt.lr, opt.end_lr, opt.momentum, opt.weight_decay) == ("sgd", 1e-3, 5e-5, 0.9, 5e-4)
   assert config.batch_size == 128 and config.image_size == 224
@@ -54,7 +54,7 @@ def test_cpu_subset_configs(name, arg):
   assert list(config.degradations) == [arg]
   assert (config.model.name, config.model.init_from) == ("efficientnet_lite0", "imagenet:efficientnet_lite0")
   assert config.dataset.manual_dir.endswith(os.path.join("shared", "data", name))
-  assert config.distill.weight == (200.0 if name == "cub_subset" else 50.0) and config.distill.temperature == 10.0
+  assert config.kd.weight == (200.0 if name == "cub_subset" else 50.0) and config.kd.temperature == 10.0
   assert config.image_size == 160 and config.degrade_params.lowres.low == 36
   assert [s.method for s in experiment.plan(config)] == ["train_a", "train_b", "a_then_b", "cqd", "a_cqd"]
   with pytest.raises(ValueError, match=f"configs/{name}.py: unknown degradation 'blur'"):

@@ -96,21 +96,19 @@ def reference():
 
 @pytest.mark.parametrize("name", ["train_a", "train_b", "cqd"])
 def test_first_step_loss_is_the_formula_on_numpy_and_pil(reference, name):
-  method, distill = methods.get_method(name), helpers.distill_config()
+  method, distill = methods.get_method(name), helpers.kd_config()
   model, labels = reference["model"], reference["batch"]["label"]
-  view_a, view_b = helpers.views()
-  step = train.jit_train_step(train.data_mesh(), method=method, view_a=view_a, view_b=view_b,
-                              teacher_apply=model.apply if method.distill else None, distill=distill, flip=False)
+  step = helpers.tiny_step(method, train.data_mesh(), model=model, kd=distill, flip=False)
   tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
   state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx, reference["student"])
-  _, metrics = step(state, reference["teacher"] if method.distill else None,
+  _, metrics = step(state, {n: reference["teacher"] for n in method.frozen},
                     train.shard_batch(reference["batch"], train.data_mesh()))
 
-  student_in = reference["x"] if method.student_input == "a" else reference["z"]
+  student_in = reference["x"] if method.stream(method.student).view == "a" else reference["z"]
   logits = _small_cnn(reference["student"], student_in, train_mode=True)
   ce = -_log_softmax(logits)[np.arange(BATCH), labels].mean()
   expected = ce
-  if method.distill:
+  if method.frozen:
     t = distill.temperature
     teacher_logits = _small_cnn(reference["teacher"], reference["x"], train_mode=False)
     targets = np.exp(_log_softmax(teacher_logits / t))

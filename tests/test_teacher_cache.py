@@ -1,4 +1,4 @@
-"""distill.cache_teacher: the teacher's logits come from a table computed once, and training ends where the
+"""config.cache_teacher: the teacher's logits come from a table computed once, and training ends where the
 live teacher's run ends (up to float rounding); configs where the teacher's input is not fixed are refused."""
 
 import json
@@ -19,12 +19,12 @@ def test_cached_teacher_trains_like_the_live_teacher(tiny_run, tmp_path, capsys)
   stored = json.loads((tiny_run.workdir / "config.json").read_text())
   assert json.loads(config.to_json_best_effort()) == stored  # the in-process config is the run's
   assert "cached the teacher's logits" not in tiny_run.result.stderr
-  config.distill.cache_teacher = True
+  config.cache_teacher = True
   config_lib.validate(config)
   workdir = str(helpers.copy_run(tiny_run, tmp_path / "cached", drop=("lowres__cqd",)))
   runner = experiment.Runner(config, workdir, experiment.prepare_data(config, workdir))
   teacher, _, student = experiment.plan(config)
-  cached, _ = runner.train(student, runner.final_variables(teacher))
+  cached, _ = runner.train(student, {teacher.name: runner.final_variables(teacher)})
   assert "lowres/cqd: cached the teacher's logits on 32 training images (both flips)" in capsys.readouterr().err
   live = experiment.Runner(config, str(tiny_run.workdir), runner.data).final_variables(student)  # the original's
   leaves = list(zip(jax.tree.leaves(live), jax.tree.leaves(cached)))
@@ -34,13 +34,13 @@ def test_cached_teacher_trains_like_the_live_teacher(tiny_run, tmp_path, capsys)
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda c: c.augment.update(crop_margin=0.2), r"distill.cache_teacher=True needs augment.crop_margin=0"),
+    (lambda c: c.augment.update(crop_margin=0.2), r"cache_teacher=True needs augment.crop_margin=0"),
     (lambda c: c.degradations.lowres.update(a="crop+distort"),
-     r"needs a deterministic view A, but degradations.lowres.a='crop\+distort' is random"),
+     r"needs a deterministic input of stream teacher of cqd, but its view 'a' is 'crop\+distort'"),
 ])
 def test_refused_when_the_teachers_input_varies(change, match):
   config = helpers.tiny_experiment_config()
-  config.distill.cache_teacher = True
+  config.cache_teacher = True
   change(config)
   with pytest.raises(config_lib.ConfigError, match=match):
     config_lib.validate(config)

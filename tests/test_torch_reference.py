@@ -149,7 +149,7 @@ def _steps(arch: str, **overrides):
   """A JaxStep and a TorchStep of `arch` on the same weights and batch (constant learning rate, as torch's)."""
   config = bench_step.base_config()
   config.optimizer.update(schedule="constant", **overrides)
-  config.distill.weight = 5.0
+  config.kd.weight = 5.0
   config.degrade_params.lowres.low = bench_step.paper_low(SIZE)
   batch = bench_step.make_batch(SIZE, 4, NUM_CLASSES)
   jax_step = bench_step.JaxStep(arch, SIZE, batch, NUM_CLASSES, config, **OPTIONS[arch])

@@ -26,30 +26,31 @@ def setup():
 
 def _state(setup, method: methods.Method, seed: int = 0) -> train.TrainState:
   tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
-  init = setup["teacher"] if method.init_from_teacher else None
+  init = setup["teacher"] if method.stream(method.student).source else None
   return train.create_train_state(setup["model"], jax.random.key(seed), helpers.IMAGE_SIZE, tx, init)
 
 
-def _step_fn(setup, method: methods.Method, distill=None):
+def _step_fn(setup, method: methods.Method, kd=None):
   """The jitted step, shared between tests (each compile costs seconds on a busy CPU)."""
-  distill = distill or helpers.distill_config()
-  key = (method, tuple(sorted(distill.items())))
+  kd = kd or helpers.kd_config()
+  key = (method, tuple(sorted(kd.items())))
   cache = setup.setdefault("step_fns", {})
   if key not in cache:
-    cache[key] = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"],
-                                      view_b=setup["view_b"],
-                                      teacher_apply=setup["model"].apply if method.distill else None,
-                                      distill=distill, flip=True)
+    cache[key] = helpers.tiny_step(method, setup["mesh"], model=setup["model"], kd=kd, flip=True)
   return cache[key]
 
 
-def _run_step(setup, name: str, distill=None, seed: int = 0):
+def _frozen(setup, method: methods.Method, teacher=None) -> dict:
+  """The teacher's variables as every frozen stream of `method`."""
+  return {name: setup["teacher"] if teacher is None else teacher for name in method.frozen}
+
+
+def _run_step(setup, name: str, kd=None, seed: int = 0):
   """One step of method `name` from a fresh state; returns (initial variables (numpy), new state, metrics)."""
   method = methods.get_method(name)
   state = _state(setup, method, seed)
   before = helpers.flatten(jax.device_get(state.variables))
-  teacher = setup["teacher"] if method.distill else None
-  new_state, metrics = _step_fn(setup, method, distill)(state, teacher, setup["batch"])
+  new_state, metrics = _step_fn(setup, method, kd)(state, _frozen(setup, method), setup["batch"])
   return before, new_state, metrics
 
 
@@ -72,16 +73,16 @@ def test_train_step_every_method(setup, name):
   after = helpers.flatten(jax.device_get(state.params))
   assert _max_abs_diff(before, after) > 1e-6, "parameters did not change"
   method = methods.METHODS[name]
-  if method.distill:
+  if method.frozen:
     assert "distill" in metrics and np.isfinite(float(metrics["distill"]))
     assert "teacher_agreement" in metrics
     np.testing.assert_allclose(float(metrics["loss"]),
-                               float(metrics["ce"]) + helpers.distill_config().weight * float(metrics["distill"]),
+                               float(metrics["ce"]) + helpers.kd_config().weight * float(metrics["distill"]),
                                rtol=1e-5)
   else:
     assert "distill" not in metrics
     np.testing.assert_allclose(float(metrics["loss"]), float(metrics["ce"]), rtol=1e-6)
-  if method.init_from_teacher:
+  if method.stream(method.student).source:
     # The student started from the teacher (so its first-step change is small compared with a fresh init).
     teacher = helpers.flatten(setup["teacher"]["params"])
     assert _max_abs_diff(before, teacher) == 0.0
@@ -126,23 +127,21 @@ def test_each_method_trains_on_its_view_and_pairs_the_teachers(setup, name):
   state = train.create_train_state(spy, jax.random.key(0), helpers.IMAGE_SIZE, tx, variables)
   params = jax.tree.map(np.asarray, state.params)
   teacher = setup["model"]
-  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                              teacher_apply=teacher.apply if method.distill else None,
-                              distill=helpers.distill_config(), flip=True)
-  new_state, metrics = step(state, setup["teacher"] if method.distill else None, setup["batch"])
+  step = helpers.tiny_step(method, setup["mesh"], model=teacher, flip=True)
+  new_state, metrics = step(state, _frozen(setup, method), setup["batch"])
   seen = np.asarray(new_state.batch_stats["seen"])
   candidates = {(view, flipped): _views_of(setup, flipped)[view == "b"] for view in "ab" for flipped in (False, True)}
   matches = [[key for key, c in candidates.items() if np.abs(seen[i] - c[i]).max() < 1e-5] for i in range(len(seen))]
   assert all(len(m) == 1 for m in matches), matches  # each example is exactly one view, one flip
   views = {m[0][0] for m in matches}
-  assert views == {"a": {"a"}, "b": {"b"}, "ab": {"a", "b"}}[method.student_input], (name, matches)
+  assert views == {"a": {"a"}, "b": {"b"}, "ab": {"a", "b"}}[method.stream(method.student).view], (name, matches)
   assert {m[0][1] for m in matches} == {False, True}  # the flips are random per example
-  if method.distill:
+  if method.frozen:
     flips = jnp.asarray([m[0][1] for m in matches])
     x = np.where(np.asarray(flips)[:, None, None, None], *(_views_of(setup, f)[0] for f in (True, False)))
     teacher_logits = teacher.apply(setup["teacher"], x, train=False)
     student_logits = spy.apply({"params": params, "batch_stats": variables["batch_stats"]}, seen, train=False)
-    expected = losses.soft_cross_entropy(student_logits, teacher_logits, temperature=helpers.distill_config().temperature)
+    expected = losses.soft_cross_entropy(student_logits, teacher_logits, temperature=helpers.kd_config().temperature)
     np.testing.assert_allclose(float(metrics["distill"]), float(expected.mean()), rtol=1e-5)
 
 
@@ -152,15 +151,13 @@ def test_cqd_step_with_a_model_without_batchnorm(setup):
   state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx, None)
   teacher = helpers.init_variables(model, seed=100)
   assert set(teacher) == {"params"} and not state.batch_stats
-  step = train.jit_train_step(setup["mesh"], method=methods.get_method("cqd"), view_a=setup["view_a"],
-                              view_b=setup["view_b"], teacher_apply=model.apply, distill=helpers.distill_config(),
-                              flip=True)
-  new_state, metrics = step(state, teacher, setup["batch"])
+  step = helpers.tiny_step(methods.get_method("cqd"), setup["mesh"], model=model, flip=True)
+  new_state, metrics = step(state, {"teacher": teacher}, setup["batch"])
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["distill"]))
 
 
 def test_non_finite_update_is_skipped_and_counted(setup):
-  before, state, metrics = _run_step(setup, "cqd", distill=helpers.distill_config(weight=float("inf")))
+  before, state, metrics = _run_step(setup, "cqd", kd=helpers.kd_config(weight=float("inf")))
   assert not np.isfinite(float(metrics["loss"]))
   after = helpers.flatten(jax.device_get(state.variables))
   assert _max_abs_diff(before, after) == 0.0, "a non-finite update changed parameters or BatchNorm statistics"
@@ -178,7 +175,7 @@ def test_step_key_lives_in_the_state(setup):
   make = lambda init_seed, step_seed: train.create_train_state(
       setup["model"], jax.random.key(init_seed), helpers.IMAGE_SIZE, tx, step_rng=jax.random.key(step_seed))
   step = _step_fn(setup, method)
-  loss = lambda state: float(step(state, None, setup["batch"])[1]["loss"])
+  loss = lambda state: float(step(state, {}, setup["batch"])[1]["loss"])
   assert make(0, 5).rng.dtype == jnp.uint32
   np.testing.assert_array_equal(loss(make(0, 5)), loss(make(0, 5)))
   assert loss(make(0, 5)) != loss(make(0, 6))
@@ -186,8 +183,8 @@ def test_step_key_lives_in_the_state(setup):
 
 def test_cqd_distill_term_is_additive(setup):
   _, state_b, metrics_b = _run_step(setup, "train_b")
-  _, state_0, metrics_0 = _run_step(setup, "cqd", distill=helpers.distill_config(weight=0.0))
-  _, state_w, metrics_w = _run_step(setup, "cqd", distill=helpers.distill_config(weight=10.0))
+  _, state_0, metrics_0 = _run_step(setup, "cqd", kd=helpers.kd_config(weight=0.0))
+  _, state_w, metrics_w = _run_step(setup, "cqd", kd=helpers.kd_config(weight=10.0))
   # Same state, batch and rng: with weight 0 the cqd step is exactly the train_b step.
   np.testing.assert_allclose(float(metrics_0["loss"]), float(metrics_b["loss"]), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(float(metrics_0["ce"]), float(metrics_b["ce"]), rtol=1e-6, atol=1e-7)
@@ -204,9 +201,9 @@ def test_cqd_distill_term_is_additive(setup):
 
 @pytest.mark.parametrize("loss", ["rkd_distance", "rkd_angle"])
 def test_relational_distill_losses_train(setup, loss):
-  """config.distill.loss picks RKD's batch-structure losses on the logits: the step adds them like KD."""
+  """config.kd.loss picks RKD's batch-structure losses on the logits: the step adds them like KD."""
   _, _, metrics_b = _run_step(setup, "train_b")
-  _, state, metrics = _run_step(setup, "cqd", distill=helpers.distill_config(loss=loss, weight=10.0))
+  _, state, metrics = _run_step(setup, "cqd", kd=helpers.kd_config(loss=loss, weight=10.0))
   assert float(metrics["distill"]) > 0 and np.isfinite(float(metrics["grad_norm"]))
   np.testing.assert_allclose(float(metrics["loss"]), float(metrics_b["loss"]) + 10.0 * float(metrics["distill"]),
                              rtol=1e-5)
@@ -218,11 +215,10 @@ def test_a_new_method_is_one_entry(setup):
   sum of its three weighted terms, each in the metrics under its own name."""
   cqd = methods.get_method("cqd")
   rkd = methods.Term("rkd_angle", ("student.logits", "teacher.logits"), "rkd_angle", weight=2.0)
-  method = methods.Method(cqd.streams, (*cqd.terms, rkd), False, "CQD plus RKD angles")
-  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                              teacher_apply=setup["model"].apply, distill=helpers.distill_config(), flip=True)
+  method = methods.Method(cqd.streams, (*cqd.terms, rkd), "CQD plus RKD angles")
+  step = helpers.tiny_step(method, setup["mesh"], model=setup["model"], flip=True)
   _, _, cqd_metrics = _run_step(setup, "cqd")
-  _, metrics = step(_state(setup, method), setup["teacher"], setup["batch"])
+  _, metrics = step(_state(setup, method), _frozen(setup, method), setup["batch"])
   for key in ("ce", "distill", "teacher_agreement", "accuracy"):
     np.testing.assert_allclose(float(metrics[key]), float(cqd_metrics[key]), rtol=1e-6)
   assert float(metrics["rkd_angle"]) > 0
@@ -242,7 +238,7 @@ def test_teacher_gets_no_gradient_and_is_not_donated(setup):
   step = _step_fn(setup, method)
   first = state
   for _ in range(2):
-    state, metrics = step(state, teacher, setup["batch"])
+    state, metrics = step(state, {"teacher": teacher}, setup["batch"])
   assert int(state.step) == 2
   # The student state is donated (its old buffers are gone), so the teacher check below is meaningful: a
   # student sharing the teacher's buffers would have had them deleted (or the call rejected).
@@ -267,11 +263,10 @@ def test_cached_teacher_logits_give_the_live_teacher_step(setup):
   table = train.teacher_logits_table(setup["model"].apply, setup["teacher"], setup["view_a"], ordered, mesh)
   assert table.shape == (BATCH, 2, helpers.NUM_CLASSES)
   assert np.abs(table[:, 0] - table[:, 1]).max() > 1e-4  # mirrored crops score differently
-  cached_step = train.jit_train_step(mesh, method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                                     teacher_apply=None, distill=helpers.distill_config(), flip=True)
+  cached_step = helpers.tiny_step(method, mesh, model=setup["model"], cached=True, flip=True)
   batch = train.shard_batch({**raw, "record": np.arange(BATCH, dtype=np.int32)}, mesh)
-  live, live_metrics = _step_fn(setup, method)(_state(setup, method), setup["teacher"], setup["batch"])
-  cached, cached_metrics = cached_step(_state(setup, method), train.replicate(table, mesh), batch)
+  live, live_metrics = _step_fn(setup, method)(_state(setup, method), _frozen(setup, method), setup["batch"])
+  cached, cached_metrics = cached_step(_state(setup, method), train.replicate({"teacher": table}, mesh), batch)
   for key in ("loss", "distill", "teacher_agreement"):
     np.testing.assert_allclose(float(cached_metrics[key]), float(live_metrics[key]), rtol=1e-5)
   assert _max_abs_diff(helpers.flatten(jax.device_get(cached.params)),
@@ -282,11 +277,10 @@ def test_bfloat16_compute_keeps_float32_parameters(setup):
   """compute_dtype=bfloat16: the networks compute in bfloat16, parameters and their updates stay float32."""
   method = methods.get_method("cqd")
   model = models.get_model("small_cnn", helpers.NUM_CLASSES, widths=helpers.WIDTHS, dtype="bfloat16")
-  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                              teacher_apply=model.apply, distill=helpers.distill_config(), flip=True)
+  step = helpers.tiny_step(method, setup["mesh"], model=model, flip=True)
   tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
   state = train.create_train_state(model, jax.random.key(0), helpers.IMAGE_SIZE, tx)
-  new_state, metrics = step(state, setup["teacher"], setup["batch"])
+  new_state, metrics = step(state, _frozen(setup, method), setup["batch"])
   _, _, metrics_f32 = _run_step(setup, "cqd")
   assert {leaf.dtype for leaf in jax.tree.leaves(new_state.params)} == {jnp.dtype(jnp.float32)}
   assert {leaf.dtype for leaf in jax.tree.leaves(new_state.batch_stats)} == {jnp.dtype(jnp.float32)}
@@ -300,14 +294,12 @@ def test_ynn_fusions_compile_option_trains_alike(setup):
   options = train.compiler_options("dot,reduce")
   assert options == {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   method = methods.get_method("cqd")
-  step = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                              teacher_apply=setup["model"].apply, distill=helpers.distill_config(), flip=True,
-                              ynn_fusions="dot,reduce")
+  step = helpers.tiny_step(method, setup["mesh"], model=setup["model"], flip=True, ynn_fusions="dot,reduce")
   state, base = _state(setup, method), _state(setup, method)
   reference = _step_fn(setup, method)
   for _ in range(2):
-    state, metrics = step(state, setup["teacher"], setup["batch"])
-    base, base_metrics = reference(base, setup["teacher"], setup["batch"])
+    state, metrics = step(state, _frozen(setup, method), setup["batch"])
+    base, base_metrics = reference(base, _frozen(setup, method), setup["batch"])
     np.testing.assert_allclose(float(metrics["loss"]), float(base_metrics["loss"]), rtol=1e-5)
   assert _max_abs_diff(helpers.flatten(jax.device_get(state.params)),
                        helpers.flatten(jax.device_get(base.params))) < 1e-5
@@ -315,10 +307,8 @@ def test_ynn_fusions_compile_option_trains_alike(setup):
     train.check_ynn_fusions("dot,matmul")
   # The option reached the compiled program: without "reduce" XLA:CPU leaves the step's reductions out of
   # YNNPACK (here XLA's default fuses the same kinds as "dot,reduce", so the default cannot tell).
-  dots = train.jit_train_step(setup["mesh"], method=method, view_a=setup["view_a"], view_b=setup["view_b"],
-                              teacher_apply=setup["model"].apply, distill=helpers.distill_config(), flip=True,
-                              ynn_fusions="dot")
-  fusions = [len(re.findall(r"%ynn_fusion[.\d]* = ", fn.lower(_state(setup, method), setup["teacher"],
+  dots = helpers.tiny_step(method, setup["mesh"], model=setup["model"], flip=True, ynn_fusions="dot")
+  fusions = [len(re.findall(r"%ynn_fusion[.\d]* = ", fn.lower(_state(setup, method), _frozen(setup, method),
                                                                  setup["batch"]).compile().as_text()))
              for fn in (dots, step)]
   assert 0 < fusions[0] < fusions[1], fusions

@@ -22,25 +22,25 @@ def _tune(workdir, *args: str) -> helpers.CliResult:
 
 
 def _config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({"distill": {"temperature": 10.0, "weight": 200.0, "loss": "soft_ce",
+  return ml_collections.ConfigDict({"kd": {"temperature": 10.0, "weight": 200.0, "loss": "soft_ce",
                                                 "t2_scale": False}, "seed": 0})
 
 
 def test_parse_grid_converts_to_the_keys_type():
-  grid = tune.parse_grid(["distill.temperature=1,2", "seed=0,1", "distill.loss=soft_ce,l2",
-                          "distill.t2_scale=true,False"], _config())
-  assert grid == [("distill.temperature", [1.0, 2.0]), ("seed", [0, 1]), ("distill.loss", ["soft_ce", "l2"]),
-                  ("distill.t2_scale", [True, False])]
+  grid = tune.parse_grid(["kd.temperature=1,2", "seed=0,1", "kd.loss=soft_ce,l2",
+                          "kd.t2_scale=true,False"], _config())
+  assert grid == [("kd.temperature", [1.0, 2.0]), ("seed", [0, 1]), ("kd.loss", ["soft_ce", "l2"]),
+                  ("kd.t2_scale", [True, False])]
   assert isinstance(grid[0][1][0], float) and isinstance(grid[1][1][0], int)
-  assert tune.point_name([("distill.temperature", 5.0), ("distill.weight", 12.5)]) == "temperature=5,weight=12.5"
+  assert tune.point_name([("kd.temperature", 5.0), ("kd.weight", 12.5)]) == "temperature=5,weight=12.5"
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("distill.nope=1", "config key distill.nope is missing"),
+    ("kd.nope=1", "config key kd.nope is missing"),
     ("seed=1.5", "'1.5' is not a valid int"),
-    ("distill.t2_scale=yes", "'yes' is not a valid bool"),
-    ("distill=1", "only number, string and bool keys"),
-    ("distill.weight", "expected key=v1,v2"),
+    ("kd.t2_scale=yes", "'yes' is not a valid bool"),
+    ("kd=1", "only number, string and bool keys"),
+    ("kd.weight", "expected key=v1,v2"),
 ])
 def test_parse_grid_errors_name_the_flag(spec, message):
   with pytest.raises(config_lib.ConfigError, match=f"--grid={spec!r}.*") as e:
@@ -64,25 +64,25 @@ def _rows(path) -> list[dict]:
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_grid_on_validation_teacher_once_and_extension(tmp_path):
   workdir = tmp_path / "tune"
-  first = _tune(workdir, "--grid=distill.temperature=1,10", "--grid=distill.weight=0")
+  first = _tune(workdir, "--grid=kd.temperature=1,10", "--grid=kd.weight=0")
   assert first.returncode == 0, first.stderr[-6000:]
   assert first.stderr.count("stage train_a@crop: 4 steps") == 1  # the shared teacher, trained once
   assert first.stderr.count("stage lowres/cqd: 4 steps") == 2
-  assert "best for lowres/cqd: --config.distill.temperature=" in first.stdout
+  assert "best for lowres/cqd: --config.kd.temperature=" in first.stdout
   # With lambda = 0 the temperature cannot matter: both points train the same student.
   rows = _rows(workdir / "tune.csv")
   assert [r["point"] for r in rows] == ["temperature=1,weight=0", "temperature=10,weight=0"]
   assert rows[0]["val_accuracy"] == rows[1]["val_accuracy"]
 
   # A larger grid: only the new points train, and the diverging lambda = 1e300 is a result, not the end.
-  second = _tune(workdir, "--grid=distill.temperature=1,10", "--grid=distill.weight=0,50,1e300")
+  second = _tune(workdir, "--grid=kd.temperature=1,10", "--grid=kd.weight=0,50,1e300")
   assert second.returncode == 0, second.stderr[-6000:]
   assert "stage train_a@crop: 4 steps" not in second.stderr
   assert second.stderr.count("stage lowres/cqd: 4 steps") == 2
   assert second.stderr.count("diverged: stage lowres/cqd: the loss or a gradient was not finite") == 2
   rows = _rows(workdir / "tune.csv")
   assert {r["point"] for r in rows} == {f"temperature={t},weight={w}" for t in (1, 10) for w in (0, 50, "1e+300")}
-  diverged = [r for r in rows if r["distill.weight"] == "1e+300"]
+  diverged = [r for r in rows if r["kd.weight"] == "1e+300"]
   assert [r["val_accuracy"] for r in diverged] == ["nan", "nan"]
   rows = [r for r in rows if r not in diverged]
   for r in rows:
@@ -90,23 +90,23 @@ def test_grid_on_validation_teacher_once_and_extension(tmp_path):
     config = json.loads((point / "config.json").read_text())
     # Scored on validation (4 classes x 3 images), never on test; the grid values reached the run.
     assert config["eval_split"] == "validation" and config["validation_split"] == ""
-    assert config["distill"]["temperature"] == float(r["distill.temperature"])
-    assert config["distill"]["weight"] == float(r["distill.weight"])
+    assert config["kd"]["temperature"] == float(r["kd.temperature"])
+    assert config["kd"]["weight"] == float(r["kd.weight"])
     assert abs(float(r["val_accuracy"]) * 12 - round(float(r["val_accuracy"]) * 12)) < 1e-4
     stored = json.loads((point / "stages" / "lowres__cqd" / "result.json").read_text())
     assert float(r["val_accuracy"]) == pytest.approx(stored[0]["accuracy_b"])
     teacher = point / "stages" / "train_a@crop"
     assert teacher.is_symlink() and os.path.realpath(teacher) == str(workdir / "teacher" / "stages" / "train_a@crop")
   table = (workdir / "tune.md").read_text()
-  assert "| distill.temperature | distill.weight | lowres/cqd |" in table
+  assert "| kd.temperature | kd.weight | lowres/cqd |" in table
   assert table.count("**") == 2  # one best cell, never a diverged one
   assert table.count("| diverged |") == 2
 
 
 def test_bad_grid_is_one_error_line(tmp_path):
-  result = _tune(tmp_path / "w", "--grid=distill.temprature=1,2")
+  result = _tune(tmp_path / "w", "--grid=kd.temprature=1,2")
   assert result.returncode == 1
-  assert "--grid='distill.temprature=1,2': config key distill.temprature is missing" in helpers.error_line(result)
-  result = _tune(tmp_path / "w", "--grid=distill.weight=1", "--methods=train_a")
+  assert "--grid='kd.temprature=1,2': config key kd.temprature is missing" in helpers.error_line(result)
+  result = _tune(tmp_path / "w", "--grid=kd.weight=1", "--methods=train_a")
   assert "--methods: train_a is the teacher" in helpers.error_line(result)
   assert not (tmp_path / "w").exists()  # refused before the workdir is made

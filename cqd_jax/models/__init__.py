@@ -16,6 +16,9 @@ Every feature is a model's activation after its nonlinearity, NHWC for maps:
 - `pre_logits`: the vector the head reads (before dropout): the global average for small_cnn, resnet* and
   efficientnet_lite* (after its 1280-wide head convolution), the last fully connected layer for vgg_m and
   vgg16.
+
+Adapters (`ADAPTERS`, models/adapters.py) map a student's feature to the shape of a teacher's, for feature
+terms between networks of different widths or input sizes.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from cqd_jax.models.adapters import ADAPTERS
 from cqd_jax.models.common import (FEATURES, IMAGENET_MEAN, IMAGENET_STD, apply_with_features, count_params,
                                    flops_per_image, init_variables, normalize_images)
 from cqd_jax.models.efficientnet_lite import (EfficientNetLite, EfficientNetLite0, EfficientNetLite1,
@@ -67,7 +71,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "FEATURES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
+    "ADAPTERS", "FEATURES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
     "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "ResNet", "ResNet18", "ResNet50", "SmallCNN",
     "VGG", "VGG16", "VGGM", "apply_with_features", "count_params", "flops_per_image", "get_model", "init_variables",
     "model_options", "normalize_images",
