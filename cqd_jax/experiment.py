@@ -1,5 +1,6 @@
-"""Runs a config's experiment: the teacher (train on A) once per high-quality view, then every method for
-every degradation, each a resumable stage with its own checkpoints, then the results table.
+"""Runs a config's experiment: every method for every degradation, each a resumable stage with its own
+checkpoints, after the stages it takes weights from (the teacher, train on A, once per high-quality view),
+then the results table.
 
 Workdir layout:
   config.json                  the config this workdir was started with
@@ -7,7 +8,8 @@ Workdir layout:
   stages/<stage>/checkpoints/  Orbax steps of the stage (state + data iterator)
   stages/<stage>/result.json   written last, atomically: a stage with it is finished and skipped on re-run
   tensorboard/<stage>/         TensorBoard scalars
-  results.csv, results.md      the table (method x test domain x degradation)
+  results.csv, results.md      the table (method x test domain x degradation), each model's size and FLOPs
+  timing.csv                   evaluation speed (images/s), which depends on the machine, not the config
 
 With several processes (multihost.py) the workdir is shared by all hosts; each process trains on its own
 shard of the training data and evaluates its own rows of each test batch, all take part in the Orbax
@@ -368,12 +370,12 @@ class Runner:
     return {checkpoint.BEST_METRIC: acc["accuracy_b"]}
 
 
-def output_shapes(method: methods.Method, runner_or_networks: Any, batch: int = 2) -> dict[str, tuple[int, ...]]:
+def output_shapes(method: methods.Method, networks: Any, batch: int = 2) -> dict[str, tuple[int, ...]]:
   """The shape of every output a resolved method's terms can read ("<stream>.logits", "<stream>.features.<name>"),
-  by tracing each network (nothing is computed)."""
+  by tracing each network (`networks.network(model section)`, a Runner for one; nothing is computed)."""
   out = {}
   for name, s in method.streams:
-    model = runner_or_networks.network(s.model)
+    model = networks.network(s.model)
     images = jax.ShapeDtypeStruct((batch, s.image_size, s.image_size, 3), jax.numpy.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     logits, features, _ = jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x, train=False),
@@ -383,21 +385,22 @@ def output_shapes(method: methods.Method, runner_or_networks: Any, batch: int = 
   return out
 
 
-def adapter_modules(method: methods.Method, runner_or_networks: Any) -> dict[str, Any]:
+def adapter_modules(method: methods.Method, networks: Any, shapes: dict[str, tuple[int, ...]] | None = None
+                    ) -> dict[str, Any]:
   """The adapter of each term that has one, by term metric, built for its target's shape."""
   terms = [t for t in method.terms if t.adapter]
   if not terms:
     return {}
-  shapes = output_shapes(method, runner_or_networks)
+  shapes = shapes or output_shapes(method, networks)
   return {t.metric: models.ADAPTERS[t.adapter](target=tuple(shapes[t.inputs[1]][1:])) for t in terms}
 
 
-def init_adapters(method: methods.Method, runner_or_networks: Any, rng: jax.Array) -> dict[str, Any]:
+def init_adapters(method: methods.Method, networks: Any, rng: jax.Array) -> dict[str, Any]:
   """Fresh parameters of the method's adapters, by term metric."""
-  modules = adapter_modules(method, runner_or_networks)
-  if not modules:
+  if not any(t.adapter for t in method.terms):
     return {}
-  shapes = output_shapes(method, runner_or_networks)
+  shapes = output_shapes(method, networks)
+  modules = adapter_modules(method, networks, shapes)
   out = {}
   for i, t in enumerate(t for t in method.terms if t.adapter):
     x = jax.numpy.zeros(shapes[t.inputs[0]], jax.numpy.float32)

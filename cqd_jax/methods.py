@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from cqd_jax.config_lib import ConfigError
+
 VIEWS = ("a", "b", "ab")
 Options = tuple[tuple[str, Any], ...]
 
@@ -107,7 +109,7 @@ REPLACED_KEYS = {
 }
 
 
-class MethodError(ValueError):
+class MethodError(ConfigError):
   """A method definition is wrong; the message names the config key."""
 
 
@@ -179,6 +181,9 @@ def check(name: str, known: Mapping[str, Method]) -> None:
     if not s.trained and s.source is None:
       raise MethodError(f"config key {key}.streams.{sname}: a frozen stream needs a source (the method that "
                         "trains it)")
+    if s.cache is True and method.features(sname):
+      raise MethodError(f"config key {key}.streams.{sname}.cache: cached streams keep logits only, but a term "
+                        "reads its features")
   _check_acyclic(name, known, ())
   streams = dict(method.streams)
   for i, t in enumerate(method.terms):

@@ -436,10 +436,10 @@ def finished_tiny_run(workdir: pathlib.Path) -> TinyRun:
   return TinyRun(workdir, result, train_steps, eval_steps)
 
 
-def copy_run(run: TinyRun, to: pathlib.Path, *, drop: tuple[str, ...] = ()) -> pathlib.Path:
-  """A copy of a finished run's workdir at `to`, without the stage directories `drop` (which a command run
-  on the copy then trains again); returns the copy's path."""
-  shutil.copytree(run.workdir, to, symlinks=True)
+def copy_run(run: TinyRun | pathlib.Path, to: pathlib.Path, *, drop: tuple[str, ...] = ()) -> pathlib.Path:
+  """A copy of a finished run's workdir (or of the workdir `run`) at `to`, without the stage directories
+  `drop` (which a command run on the copy then trains again); returns the copy's path."""
+  shutil.copytree(run.workdir if isinstance(run, TinyRun) else run, to, symlinks=True)
   for stage in drop:
     shutil.rmtree(to / "stages" / stage)
   return to

@@ -42,9 +42,10 @@ class Conv1x1(nn.Module):
 
 
 class PixelShuffle(nn.Module):
-  """Feature super-resolution: a 3x3 convolution to r*r times the target's channels, rearranged into an
-  r times larger map (depth to space, r = the smallest integer factor reaching the target), then centre-cropped
-  (or resized) to the target's height and width. Maps only."""
+  """Feature super-resolution: a 1x1 convolution to r*r times the target's channels, rearranged into an
+  r times larger map (depth to space, r = the smallest integer factor reaching the target; the same map as a
+  stride-r transposed convolution), then centre-cropped (or resized) to the target's height and width. Maps
+  only."""
 
   target: tuple[int, ...]
   dtype: Any = jnp.float32
@@ -55,7 +56,7 @@ class PixelShuffle(nn.Module):
       raise ValueError(f"the pixel_shuffle adapter maps feature maps; got {x.shape[1:]} -> {self.target}")
     height, width, channels = self.target
     r = max(1, math.ceil(height / x.shape[1]), math.ceil(width / x.shape[2]))
-    y = nn.Conv(channels * r * r, (3, 3), dtype=self.dtype, name="conv")(x).astype(jnp.float32)
+    y = nn.Conv(channels * r * r, (1, 1), dtype=self.dtype, name="conv")(x).astype(jnp.float32)
     n, h, w, _ = y.shape
     y = y.reshape(n, h, w, r, r, channels).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, channels)
     return _fit(y, height, width)
