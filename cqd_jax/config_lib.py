@@ -144,7 +144,8 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
   for stage in experiment.plan(config):
     name, known = stage.method, networks.known
     method = methods.resolve(known[name], config, known)
-    where = f"METHODS[{name!r}]" if name in methods.METHODS else f"method_defs.{name}"
+    methods.check_options(name, known[name], method)
+    where = methods.definition_key(name)
     student = method.stream(method.student)
     if student.source and student.model != methods.resolve(known[student.source], config, known).stream(
         known[student.source].student).model:
@@ -155,6 +156,9 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
       s = method.stream(sname)
       if not s.cache:
         continue
+      if method.features(sname):
+        raise ConfigError(f"config key {where}.streams.{sname}.cache: a cached stream keeps its logits only, but "
+                          "a term reads its features")
       if config.augment.crop_margin:
         raise ConfigError(f"config key cache_teacher=True needs augment.crop_margin=0 (it is "
                           f"{config.augment.crop_margin}): random crops change the teacher's input every step")

@@ -18,6 +18,7 @@ dropped for evaluation and export.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Mapping
 
 from cqd_jax.config_lib import ConfigError
@@ -160,7 +161,8 @@ def get_method(name: str, config: Any = None) -> Method:
   return known[name]
 
 
-def _where(name: str) -> str:
+def definition_key(name: str) -> str:
+  """Where method `name` is defined, as an error message names it (METHODS['cqd'], method_defs.<name>)."""
   return f"METHODS[{name!r}]" if name in METHODS else f"method_defs.{name}"
 
 
@@ -169,7 +171,7 @@ def check(name: str, known: Mapping[str, Method]) -> None:
   from cqd_jax import losses  # pylint: disable=g-import-not-at-top (JAX-heavy)
   from cqd_jax.models import ADAPTERS  # pylint: disable=g-import-not-at-top
 
-  method, key = known[name], _where(name)
+  method, key = known[name], definition_key(name)
   if sum(s.trained for _, s in method.streams) != 1:
     raise MethodError(f"config key {key}.streams: exactly one stream must have trained=True")
   for sname, s in method.streams:
@@ -181,9 +183,6 @@ def check(name: str, known: Mapping[str, Method]) -> None:
     if not s.trained and s.source is None:
       raise MethodError(f"config key {key}.streams.{sname}: a frozen stream needs a source (the method that "
                         "trains it)")
-    if s.cache is True and method.features(sname):
-      raise MethodError(f"config key {key}.streams.{sname}.cache: cached streams keep logits only, but a term "
-                        "reads its features")
   _check_acyclic(name, known, ())
   streams = dict(method.streams)
   for i, t in enumerate(method.terms):
@@ -202,9 +201,24 @@ def check(name: str, known: Mapping[str, Method]) -> None:
     raise MethodError(f"config key {key}.terms: two terms have the same metric name ({', '.join(metrics)})")
 
 
+def check_options(name: str, method: Method, resolved: Method) -> None:
+  """MethodError unless every option of the terms of `resolved` (`method` with the config filled in) is a
+  keyword its loss takes; the error names the config section the options came from, if any."""
+  from cqd_jax import losses  # pylint: disable=g-import-not-at-top (JAX-heavy)
+
+  for i, (term, t) in enumerate(zip(method.terms, resolved.terms)):
+    params = inspect.signature(losses.TERMS[t.loss]).parameters
+    takes = [p.name for p in params.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = [k for k, _ in t.options if k not in takes]
+    where = term.options if isinstance(term.options, str) else f"{definition_key(name)}.terms[{i}]"
+    if unknown:
+      raise MethodError(f"config key {where}: loss {t.loss!r} has no option "
+                        f"{unknown[0]!r}; its options: {', '.join(takes) or 'none'} (and weight, adapter, metric)")
+
+
 def _check_acyclic(name: str, known: Mapping[str, Method], path: tuple[str, ...]) -> None:
   if name in path:
-    raise MethodError(f"config key {_where(path[0])}: the methods' sources form a cycle: "
+    raise MethodError(f"config key {definition_key(path[0])}: the methods' sources form a cycle: "
                       + " -> ".join((*path, name)))
   for source in known[name].sources:
     _check_acyclic(source, known, (*path, name))

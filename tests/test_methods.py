@@ -48,6 +48,14 @@ def _config_with(**method_defs):
      r"config key method_defs\.m\.streams: exactly one stream must have trained=True$"),
     (dict(streams={"student": dict(view="c", trained=True)}, terms=(CE,)),
      r"config key method_defs\.m\.streams\.student\.view='c': known views: a, b, ab$"),
+    (dict(streams={"student": STUDENT, "teacher": TEACHER},
+          terms=(CE, dict(loss="kd", inputs=("student.logits", "teacher.logits"), temprature=4.0))),
+     r"config key method_defs\.m\.terms\[1\]: loss 'kd' has no option 'temprature'; its options: loss, "
+     r"temperature, t2_scale \(and weight, adapter, metric\)$"),
+    (dict(streams={"student": STUDENT, "teacher": dict(TEACHER, cache=True)},
+          terms=(dict(loss="feature_mse", inputs=("student.features.stage1", "teacher.features.stage1")),)),
+     r"config key method_defs\.m\.streams\.teacher\.cache: a cached stream keeps its logits only, but a term "
+     r"reads its features$"),
     (dict(streams={"student": dict(STUDENT, size=16)}, terms=(CE,)),
      r"config key method_defs\.m\.streams\.student: unknown field 'size'; known: cache, image_size, model, "),
 ])
