@@ -191,7 +191,8 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
         a = out
       if a != b:
         raise ConfigError(f"config key {where}.terms[{i}]: {t.inputs[0]} {list(a[1:])} and {t.inputs[1]} "
-                          f"{list(b[1:])} differ in shape (per example); give the term an adapter ({', '.join(models.ADAPTERS)})")
+                          f"{list(b[1:])} differ in shape (per example); give the term an adapter "
+                          f"({', '.join(models.ADAPTERS)})")
 
 
 class _Networks:

@@ -6,9 +6,9 @@ r"""Tunes config keys (the paper's T and lambda) on the validation split, never 
 Each point of the grid (the product of the --grid lists) is an ordinary workdir under <workdir>/points/, run
 by experiment.run with `eval_split` set to the config's `validation_split`, so every accuracy it reports is
 on validation data. When only the options of loss terms vary (`kd.*`), the stages whose methods do not read
-them (the teacher) are trained once in <workdir>/teacher and linked into each point. Finished points are skipped on a re-run, so a grid can be
-extended later. The table (tune.md, tune.csv) has one row per point, the best point per degradation and method
-is marked, and the flags that apply it to the real run are printed.
+them (the teacher) are trained once in <workdir>/teacher and linked into each point. Finished points are
+skipped on a re-run, so a grid can be extended later. The table (tune.md, tune.csv) has one row per point, the
+best point per degradation and method is marked, and the flags that apply it to the real run are printed.
 """
 
 from __future__ import annotations

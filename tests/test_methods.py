@@ -82,8 +82,8 @@ def test_unknown_names_cycles_and_replaced_keys_are_refused(tmp_path):
     config_lib.validate(old)
   # A workdir written before the change (its config.json has distill) is refused, not silently retrained.
   config_lib.save(old, str(tmp_path))
-  with pytest.raises(config_lib.ConfigError, match=r"config\.json was written before methods became streams and "
-                                                    r"loss terms \(config key distill: now config\.kd .*another --workdir$"):
+  refused = r"config\.json was written before methods became streams and loss terms \(config key distill: now "
+  with pytest.raises(config_lib.ConfigError, match=refused + r"config\.kd .*another --workdir$"):
     config_lib.save(helpers.tiny_experiment_config(), str(tmp_path))
 
 
