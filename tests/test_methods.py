@@ -209,3 +209,20 @@ def test_two_frozen_teachers_from_two_stages():
   assert {"teacher_a_agreement", "teacher_b_agreement"} <= set(metrics)
   np.testing.assert_allclose(float(metrics["loss"]),
                              sum(float(metrics[k]) for k in ("ce", "kd_teacher_a", "kd_teacher_b")), rtol=1e-5)
+
+
+def test_a_teacher_assistant_student_chain_is_a_config_edit():
+  """Teacher -> assistant -> student (Pixel Distillation's TAS): the assistant learns on A from the frozen
+  teacher, the student on B from the frozen assistant. The assistant reads A only, so it is shared by every
+  degradation with that view A, like the teacher; the plan puts each stage after its source."""
+  kd = lambda src: dict(loss="kd", inputs=("student.logits", f"{src}.logits"), weight=1.0, temperature=4.0)
+  config = _config_with(
+      assistant=dict(streams={"student": dict(view="a", trained=True), "teacher": TEACHER},
+                     terms=(CE, kd("teacher"))),
+      tas=dict(streams={"student": STUDENT, "assistant": dict(view="a", source="assistant")},
+               terms=(CE, kd("assistant"))))
+  config.methods = ("tas",)
+  config_lib.validate(config)
+  assert [(s.name, s.sources) for s in experiment.plan(config)] == [
+      ("train_a@crop", ()), ("assistant@crop", (("train_a", "train_a@crop"),)),
+      ("lowres/tas", (("assistant", "assistant@crop"),))]
