@@ -5,6 +5,7 @@ its results.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -127,10 +128,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
       models.get_model(get(config, f"{key}.name"), 2, **get(config, f"{key}.options").to_dict())
     except (ValueError, TypeError) as e:
       raise ConfigError(f"config key {key}: {e}") from None
-  _check_streams(config)
+  _check_streams(config, known)
 
 
-def _check_streams(config: ml_collections.ConfigDict) -> None:
+def _check_streams(config: ml_collections.ConfigDict, known: dict[str, Any]) -> None:
   """What only the plan shows: a stream started from another stage has its architecture; cached logits need
   a fixed input; the outputs a term compares exist and have one shape (or an adapter between them)."""
   import jax  # pylint: disable=g-import-not-at-top (JAX-heavy, only when validating)
@@ -139,16 +140,16 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
   cache = get(config, "cache_teacher")
   if not isinstance(cache, bool):
     raise ConfigError(f"config key cache_teacher={cache!r} must be True or False")
-  networks = _Networks(config)
+  network = functools.cache(lambda key: experiment.make_model(config, key, 2))  # for shapes only
   checked = set()
   for stage in experiment.plan(config):
-    name, known = stage.method, networks.known
+    name = stage.method
     method = methods.resolve(known[name], config, known)
     methods.check_options(name, known[name], method)
     where = methods.definition_key(name)
     student = method.stream(method.student)
-    if student.source and student.model != methods.resolve(known[student.source], config, known).stream(
-        known[student.source].student).model:
+    if student.source and student.model != methods.model_key(methods.trained_stream(student.source, known),
+                                                             config):
       raise ConfigError(f"config key methods: {name} starts its student from {student.source}, which needs the "
                         f"same architecture (config sections {student.model!r} and {student.source}'s differ; "
                         "leave config.teacher_model empty)")
@@ -170,7 +171,8 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
                                   for t in method.terms for i in t.inputs):
       continue
     checked.add(name)
-    shapes = experiment.output_shapes(method, networks)
+    shapes = experiment.output_shapes(method, network)
+    adapters = experiment.adapter_modules(method, shapes)
     for i, t in enumerate(method.terms):
       for inp in t.inputs:
         if inp != "label" and inp not in shapes:
@@ -182,9 +184,8 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
         continue
       a, b = shapes[t.inputs[0]], shapes[t.inputs[1]]
       if t.adapter:
-        adapter = models.ADAPTERS[t.adapter](target=tuple(b[1:]))
         try:
-          out = jax.eval_shape(lambda x: adapter.init_with_output(jax.random.key(0), x)[0],
+          out = jax.eval_shape(lambda x: adapters[t.metric].init_with_output(jax.random.key(0), x)[0],
                                jax.ShapeDtypeStruct(a, jax.numpy.float32)).shape
         except ValueError as e:
           raise ConfigError(f"config key {where}.terms[{i}].adapter={t.adapter!r}: {e}") from None
@@ -193,20 +194,6 @@ def _check_streams(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config key {where}.terms[{i}]: {t.inputs[0]} {list(a[1:])} and {t.inputs[1]} "
                           f"{list(b[1:])} differ in shape (per example); give the term an adapter "
                           f"({', '.join(models.ADAPTERS)})")
-
-
-class _Networks:
-  """The config's networks by model section, as experiment.output_shapes reads them (shapes only)."""
-
-  def __init__(self, config: ml_collections.ConfigDict):
-    from cqd_jax import experiment, methods  # pylint: disable=g-import-not-at-top (JAX-heavy)
-    self.config, self.known, self._make = config, methods.all_methods(config), experiment.make_model
-    self._cache: dict[str, Any] = {}
-
-  def network(self, key: str) -> Any:
-    if key not in self._cache:
-      self._cache[key] = self._make(self.config, key, 2)
-    return self._cache[key]
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -154,6 +154,8 @@ class Runner:
     train.check_batch_size(config.eval_batch_size, "eval_batch_size")
     self.known = methods.all_methods(config)
     self._networks: dict[str, Any] = {}
+    self._methods: dict[str, methods.Method] = {}
+    self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     self._eval_fns: dict[tuple[str, int, str, str], Any] = {}
     self._teacher_tables: dict[tuple[str, str, int], Any] = {}
     self.timing: list[dict[str, Any]] = []
@@ -163,7 +165,21 @@ class Runner:
 
   def method(self, stage: Stage) -> methods.Method:
     """The stage's method with the config's options, model sections and input sizes filled in."""
-    return methods.resolve(self.known[stage.method], self.config, self.known)
+    if stage.method not in self._methods:
+      self._methods[stage.method] = methods.resolve(self.known[stage.method], self.config, self.known)
+    return self._methods[stage.method]
+
+  def _trained(self, stage: Stage) -> methods.Stream:
+    method = self.method(stage)
+    return method.stream(method.student)
+
+  def _output_shapes(self, stage: Stage) -> dict[str, tuple[int, ...]]:
+    """output_shapes of the stage's method, traced once; empty unless it has adapters (nothing else reads them)."""
+    method = self.method(stage)
+    if stage.method not in self._shapes:
+      has_adapters = any(t.adapter for t in method.terms)
+      self._shapes[stage.method] = output_shapes(method, self.network) if has_adapters else {}
+    return self._shapes[stage.method]
 
   def network(self, model_key: str) -> Any:
     """The linen module of config section `model_key`, built once."""
@@ -173,7 +189,7 @@ class Runner:
 
   def student(self, stage: Stage) -> tuple[Any, int]:
     """The network a stage trains and its input size."""
-    s = self.method(stage).stream(self.method(stage).student)
+    s = self._trained(stage)
     return self.network(s.model), s.image_size
 
   def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
@@ -183,13 +199,12 @@ class Runner:
     seed = jax.random.key(self.config.seed)
     rng = jax.random.fold_in(seed, _stable_hash(stage.name))  # initialisation
     step_rng = jax.random.fold_in(seed, 1 + _stable_hash(stage.name))  # augmentation and views, per step
-    method = self.method(stage)
-    student = method.stream(method.student)
+    student = self._trained(stage)
     model = self.network(student.model)
     if variables is None:
       init_from = self.config[student.model].get("init_from", "") if init_from is None else init_from
       variables = pretrained.init_variables(model, rng, student.image_size, init_from)
-    adapters = init_adapters(method, self, jax.random.fold_in(rng, 2))
+    adapters = init_adapters(self.method(stage), self._output_shapes(stage), jax.random.fold_in(rng, 2))
     return train.create_train_state(model, rng, student.image_size, tx, variables, step_rng=step_rng,
                                     adapter_params=adapters)
 
@@ -264,7 +279,7 @@ class Runner:
         frozen[name], frozen_apply[name] = weights[source], self.network(s.model).apply
     frozen = train.replicate(frozen, self.mesh)
     step_fn = train.jit_train_step(
-        self.mesh, method=method, views=views, frozen_apply=frozen_apply, adapters=adapter_modules(method, self),
+        self.mesh, method=method, views=views, frozen_apply=frozen_apply, adapters=adapter_modules(method, self._output_shapes(stage)),
         flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.dirname),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
@@ -333,7 +348,7 @@ class Runner:
   def _eval_fn(self, stage: Stage, view_b: str):
     """The jitted evaluation of a stage's model at its input size (compiled once per model, size and pair of
     views)."""
-    s = self.method(stage).stream(self.method(stage).student)
+    s = self._trained(stage)
     key = (s.model, s.image_size, stage.view_a, view_b)
     if key not in self._eval_fns:
       self._eval_fns[key] = train.jit_eval_step(self.mesh, apply_fn=self.network(s.model).apply,
@@ -370,12 +385,13 @@ class Runner:
     return {checkpoint.BEST_METRIC: acc["accuracy_b"]}
 
 
-def output_shapes(method: methods.Method, networks: Any, batch: int = 2) -> dict[str, tuple[int, ...]]:
+def output_shapes(method: methods.Method, network: Callable[[str], Any], batch: int = 2
+                  ) -> dict[str, tuple[int, ...]]:
   """The shape of every output a resolved method's terms can read ("<stream>.logits", "<stream>.features.<name>"),
-  by tracing each network (`networks.network(model section)`, a Runner for one; nothing is computed)."""
+  by tracing each stream's network (`network(model section)`, e.g. Runner.network; nothing is computed)."""
   out = {}
   for name, s in method.streams:
-    model = networks.network(s.model)
+    model = network(s.model)
     images = jax.ShapeDtypeStruct((batch, s.image_size, s.image_size, 3), jax.numpy.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
     logits, features, _ = jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x, train=False),
@@ -385,22 +401,16 @@ def output_shapes(method: methods.Method, networks: Any, batch: int = 2) -> dict
   return out
 
 
-def adapter_modules(method: methods.Method, networks: Any, shapes: dict[str, tuple[int, ...]] | None = None
-                    ) -> dict[str, Any]:
-  """The adapter of each term that has one, by term metric, built for its target's shape."""
-  terms = [t for t in method.terms if t.adapter]
-  if not terms:
-    return {}
-  shapes = shapes or output_shapes(method, networks)
-  return {t.metric: models.ADAPTERS[t.adapter](target=tuple(shapes[t.inputs[1]][1:])) for t in terms}
+def adapter_modules(method: methods.Method, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+  """The adapter of each term that has one, by term metric, built for its target's shape (`shapes`: the
+  method's output_shapes)."""
+  return {t.metric: models.ADAPTERS[t.adapter](target=tuple(shapes[t.inputs[1]][1:]))
+          for t in method.terms if t.adapter}
 
 
-def init_adapters(method: methods.Method, networks: Any, rng: jax.Array) -> dict[str, Any]:
+def init_adapters(method: methods.Method, shapes: dict[str, tuple[int, ...]], rng: jax.Array) -> dict[str, Any]:
   """Fresh parameters of the method's adapters, by term metric."""
-  if not any(t.adapter for t in method.terms):
-    return {}
-  shapes = output_shapes(method, networks)
-  modules = adapter_modules(method, networks, shapes)
+  modules = adapter_modules(method, shapes)
   out = {}
   for i, t in enumerate(t for t in method.terms if t.adapter):
     x = jax.numpy.zeros(shapes[t.inputs[0]], jax.numpy.float32)

@@ -149,11 +149,9 @@ def random_crop(images: jax.Array, boxes: jax.Array, rng: jax.Array, margin: flo
 def _forward(apply_fn: Callable, variables: Variables, images: jax.Array, features: bool, **kwargs: Any
              ) -> tuple[jax.Array, dict[str, jax.Array], dict[str, Any]]:
   """(logits, named features (empty unless `features`), updated mutable collections) of one network."""
-  mutable = list(kwargs.pop("mutable", []))
   if features:
-    logits, state = apply_fn(variables, images, mutable=[*mutable, models.FEATURES], **kwargs)
-    state = dict(state)
-    return logits, dict(state.pop(models.FEATURES)), state
+    return models.apply_with_features(apply_fn, variables, images, **kwargs)
+  mutable = list(kwargs.pop("mutable", []))
   if mutable:
     logits, state = apply_fn(variables, images, mutable=mutable, **kwargs)
     return logits, {}, dict(state)

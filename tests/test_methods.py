@@ -116,17 +116,6 @@ def test_feature_mse_is_zero_only_for_equal_features():
   np.testing.assert_allclose(losses.feature_mse(x, y), [0.0, 1.0, 0.0, 0.0], atol=1e-6)
 
 
-class _Networks:
-  """One tiny network for every model section (what experiment.output_shapes reads)."""
-
-  def __init__(self):
-    self.model = helpers.tiny_model()
-
-  def network(self, key):
-    del key
-    return self.model
-
-
 def test_a_feature_term_across_input_sizes_trains_its_adapter_and_is_not_exported():
   """A 16 px student matches the 32 px teacher's stage1 map (32x32x8) from its own (16x16x8) through a
   pixel-shuffle adapter: one step changes the adapter and the model; TrainState.variables leaves it out."""
@@ -137,9 +126,9 @@ def test_a_feature_term_across_input_sizes_trains_its_adapter_and_is_not_exporte
   config_lib.validate(config)
   method = methods.resolve(methods.get_method("hint", config), config)
   assert [(n, s.image_size) for n, s in method.streams] == [("student", 16), ("teacher", helpers.IMAGE_SIZE)]
-  networks = _Networks()
-  model = networks.model
-  adapter_params = experiment.init_adapters(method, networks, jax.random.key(3))
+  model = helpers.tiny_model()
+  shapes = experiment.output_shapes(method, lambda key: model)  # one tiny network for every model section
+  adapter_params = experiment.init_adapters(method, shapes, jax.random.key(3))
   assert set(adapter_params) == {"feature_mse"}
   tx, _ = train.make_optimizer(helpers.optimizer_config(), 10)
   state = train.create_train_state(model, jax.random.key(0), 16, tx, adapter_params=adapter_params)
@@ -148,7 +137,7 @@ def test_a_feature_term_across_input_sizes_trains_its_adapter_and_is_not_exporte
   views = {("a", helpers.IMAGE_SIZE): degrade.make_view(helpers.VIEW_A, helpers.IMAGE_SIZE),
            ("b", 16): degrade.make_view(helpers.VIEW_B, 16, helpers.DEGRADE_PARAMS)}
   step = train.jit_train_step(mesh, method=method, views=views, frozen_apply={"teacher": model.apply},
-                              adapters=experiment.adapter_modules(method, networks), flip=True)
+                              adapters=experiment.adapter_modules(method, shapes), flip=True)
   before = helpers.flatten(jax.device_get(state.params))
   teacher = helpers.init_variables(model, seed=100)
   batch = train.shard_batch(helpers.tiny_batch(8, seed=1), mesh)

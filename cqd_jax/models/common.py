@@ -2,7 +2,7 @@
 parameter counting."""
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,11 +48,13 @@ def sow_feature(module: nn.Module, name: str, x: jax.Array) -> None:
   module.sow(FEATURES, name, x, init_fn=lambda: None, reduce_fn=lambda _, new: new)
 
 
-def apply_with_features(model: nn.Module, variables: Any, images: jax.Array, *, train: bool = False,
-                        mutable: Sequence[str] = (), **kwargs: Any) -> tuple[jax.Array, dict[str, jax.Array], dict]:
-  """`model.apply` that also returns the named features: (logits, {name: array}, the updated `mutable`
-  collections, e.g. batch_stats in training)."""
-  logits, state = model.apply(variables, images, train=train, mutable=[*mutable, FEATURES], **kwargs)
+def apply_with_features(model: nn.Module | Callable[..., Any], variables: Any, images: jax.Array, *,
+                        train: bool = False, mutable: Sequence[str] = (), **kwargs: Any
+                        ) -> tuple[jax.Array, dict[str, jax.Array], dict]:
+  """`model.apply` (`model`: the module or its apply function) that also returns the named features:
+  (logits, {name: array}, the updated `mutable` collections, e.g. batch_stats in training)."""
+  apply = model.apply if isinstance(model, nn.Module) else model
+  logits, state = apply(variables, images, train=train, mutable=[*mutable, FEATURES], **kwargs)
   state = dict(state)
   return logits, dict(state.pop(FEATURES)), state
 
