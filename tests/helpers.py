@@ -393,6 +393,30 @@ def run_cli(workdir, *extra: str, base: bool = True, num_devices: int | None = N
                         timeout=timeout)
 
 
+def signal_itself_script(step: int) -> str:
+  """A `python -c` script that runs the command line and, once step `step` is done and a checkpoint is
+  complete on disk, sends itself signals. Its first argument: the signal numbers (comma-separated); its second:
+  the checkpoint directory to wait for (Orbax renames a step's directory to its number when complete)."""
+  return f"""
+import os, sys, time
+from cqd_jax import experiment, main
+signals = [int(s) for s in sys.argv.pop(1).split(",")]
+checkpoint = sys.argv.pop(1)
+stop_requested = experiment._stop_requested
+
+def signal_at_step(received, done, config):
+  if done == {step}:
+    while not os.path.isdir(checkpoint):
+      time.sleep(0.01)
+    for signum in signals:
+      os.kill(os.getpid(), signum)
+  return stop_requested(received, done, config)
+
+experiment._stop_requested = signal_at_step
+main.run()
+"""
+
+
 @dataclasses.dataclass
 class TinyRun:
   """A finished run of the tiny config: its workdir, what the command printed, and the train-step and

@@ -26,26 +26,7 @@ pytestmark = pytest.mark.slow
 KILLED_STAGE = "lowres__cqd"
 SIGNAL_STEP = 3
 
-# Runs the command line and, once step SIGNAL_STEP is done and the step before's checkpoint is complete on
-# disk, sends itself the signals given as the first argument (comma-separated numbers).
-_SIGNAL_ITSELF = f"""
-import os, sys, time
-from cqd_jax import experiment, main
-signals = [int(s) for s in sys.argv.pop(1).split(",")]
-checkpoint = sys.argv.pop(1)
-stop_requested = experiment._stop_requested
-
-def signal_at_step(received, done, config):
-  if done == {SIGNAL_STEP}:
-    while not os.path.isdir(checkpoint):  # Orbax renames a step's directory to its number when complete
-      time.sleep(0.01)
-    for signum in signals:
-      os.kill(os.getpid(), signum)
-  return stop_requested(received, done, config)
-
-experiment._stop_requested = signal_at_step
-main.run()
-"""
+_SIGNAL_ITSELF = helpers.signal_itself_script(SIGNAL_STEP)
 
 
 def _steps(workdir: pathlib.Path, stage: str = KILLED_STAGE) -> list[int]:

@@ -33,25 +33,6 @@ ARGS = [
     "--config.progress_bar=False",
 ]
 
-# The command line, SIGKILLing itself once step 3 is done and the step-2 checkpoint is complete on disk.
-_KILL_AT_STEP_3 = """
-import os, signal, sys, time
-from cqd_jax import experiment, main
-checkpoint = sys.argv.pop(1)
-stop_requested = experiment._stop_requested
-
-def kill_at_step_3(received, done, config):
-  if done == 3:
-    while not os.path.isdir(checkpoint):
-      time.sleep(0.01)
-    os.kill(os.getpid(), signal.SIGKILL)
-  return stop_requested(received, done, config)
-
-experiment._stop_requested = kill_at_step_3
-main.run()
-"""
-
-
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("small_student") / "work"
@@ -82,7 +63,8 @@ def test_sigkill_then_resume_is_exact(small_run, tmp_path):
   workdir = tmp_path / "work"
   helpers.copy_run(small_run, workdir, drop=(STUDENT_STAGE,))
   first = workdir / "stages" / STUDENT_STAGE / "checkpoints" / "2"
-  killed = helpers.run_cli(workdir, *ARGS, base=False, main=("-c", _KILL_AT_STEP_3, str(first)))
+  killed = helpers.run_cli(workdir, *ARGS, base=False,
+                           main=("-c", helpers.signal_itself_script(3), str(int(signal.SIGKILL)), str(first)))
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
   assert not (workdir / "stages" / STUDENT_STAGE / "result.json").exists()
   resumed = helpers.run_cli_in_process([f"--workdir={workdir}", *ARGS])
