@@ -10,6 +10,13 @@ their box, so only the whole-image degradations apply (the paper uses whole car 
 
 T and lambda on the validation split: python -m cqd_jax.tune --config=configs/cars_subset.py:edges
   --workdir=/tmp/tune_cars --grid=kd.temperature=1,2,5,10 --grid=kd.weight=12.5,50 --methods=cqd
+
+"compare" runs the low-resolution comparison (config_lib.cpu_subset_comparison): an ImageNet EfficientNet-Lite2
+teacher at 160 px; train_b, cqd and a_cqd (Lite2) on B = the crop at 40 px upsampled to 160; train_b_low, kd,
+pixel_distillation(_isr) and horkd on the 40 px crop itself with Lite0 (and a Lite0 assistant on A); it
+writes comparison.md beside the results:
+
+  python -m cqd_jax.main --config=configs/cars_subset.py:compare --workdir=/tmp/cars_subset_compare
 """
 
 import os
@@ -26,9 +33,12 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 
 def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
-  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all)."""
+  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), or
+  the low-resolution comparison ("compare")."""
   # 441 train images after the 10% validation split (55 images) of the 496 official ones.
   config = config_lib.cpu_subset_base("cars_paired", os.path.normpath(SAMPLE), train_images=441,
                                       distill_weight=50.0, epochs=8)
+  if arg == "compare":
+    return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
   config.degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/cars_subset.py")
   return config

@@ -20,6 +20,13 @@ T and lambda are the paper's; to choose them on the validation split instead (do
 
 The data set is built from manual_dir on the first run (into <workdir>/data unless --config.dataset.data_dir
 names a built one); the default manual_dir is the shared sample beside this repository.
+
+"compare" runs the low-resolution comparison (config_lib.cpu_subset_comparison): an ImageNet EfficientNet-Lite2
+teacher at 160 px; train_b, cqd and a_cqd (Lite2) on B = the crop at 40 px upsampled to 160; train_b_low, kd,
+pixel_distillation(_isr) and horkd on the 40 px crop itself with Lite0 (and a Lite0 assistant on A); it
+writes comparison.md beside the results:
+
+  python -m cqd_jax.main --config=configs/cub_subset.py:compare --workdir=/tmp/cub_subset_compare
 """
 
 import os
@@ -39,9 +46,12 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 
 def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
-  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all)."""
+  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), or
+  the low-resolution comparison ("compare")."""
   # 675 official train images after the 10% validation split.
   config = config_lib.cpu_subset_base("cub_paired", os.path.normpath(SAMPLE), train_images=675,
                                       distill_weight=200.0, epochs=8)
+  if arg == "compare":
+    return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
   config.degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/cub_subset.py")
   return config

@@ -8,9 +8,12 @@ One teacher (train_a on the crop) is trained once and reused by every method of 
 
   python -m cqd_jax.main --config=configs/demo.py --workdir=/tmp/cqd_demo
   python -m cqd_jax.main --config=configs/demo.py:edges --workdir=/tmp/cqd_edges   # one degradation
+  python -m cqd_jax.main --config=configs/demo.py:compare --workdir=/tmp/cqd_compare
 
 The argument after ':' picks degradations (comma-separated) from: lowres, localize, edges, distort,
-localize_lowres.
+localize_lowres; or it is "compare": the low-resolution comparison (config_lib.comparison) of the Table 1
+baselines with the students that read the 8 px crop itself (kd, Pixel Distillation, HORKD), all small_cnn,
+writing comparison.md.
 """
 
 import ml_collections
@@ -28,8 +31,8 @@ DEGRADATIONS = {
 
 
 def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
-  """The demo config; `arg` lists the degradations to run."""
-  degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/demo.py")
+  """The demo config; `arg` lists the degradations to run, or is "compare"."""
+  degradations = config_lib.pick_degradations("lowres" if arg == "compare" else arg, DEGRADATIONS, "configs/demo.py")
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -84,4 +87,8 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   # the last good checkpoint, "skip" counts such steps and goes on.
   config.on_nonfinite = "stop"
   config.progress_bar = True
+  # Write comparison.md: each deployed model's accuracy, input size, parameters, FLOPs and measured images/s.
+  config.compare = False
+  if arg == "compare":  # the students' small_cnn is the teacher's (config.model)
+    config_lib.comparison(config, DEGRADATIONS["lowres"], small_model=dict(name="", options={}, init_from=""))
   return config

@@ -16,7 +16,7 @@ import ml_collections
 from cqd_jax import fileio
 
 # Keys that change how a run is shown or paced but not its results; they may differ on resume.
-COSMETIC_KEYS = ("progress_bar", "log_every", "checkpoint_every", "dataset.worker_count", "dataset.cache_mb",
+COSMETIC_KEYS = ("progress_bar", "compare", "log_every", "checkpoint_every", "dataset.worker_count", "dataset.cache_mb",
                  "eval_batch_size",
                  "keep_checkpoints", "validation_split")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -135,7 +135,7 @@ def _check_streams(config: ml_collections.ConfigDict, known: dict[str, Any]) -> 
   """What only the plan shows: a stream started from another stage has its architecture; cached logits need
   a fixed input; the outputs a term compares exist and have one shape (or an adapter between them)."""
   import jax  # pylint: disable=g-import-not-at-top (JAX-heavy, only when validating)
-  from cqd_jax import degrade, experiment, methods, models  # pylint: disable=g-import-not-at-top
+  from cqd_jax import degrade, experiment, losses, methods, models  # pylint: disable=g-import-not-at-top
 
   cache = get(config, "cache_teacher")
   if not isinstance(cache, bool):
@@ -144,8 +144,20 @@ def _check_streams(config: ml_collections.ConfigDict, known: dict[str, Any]) -> 
   checked = set()
   for stage in experiment.plan(config):
     name = stage.method
-    method = methods.resolve(known[name], config, known)
-    methods.check_options(name, known[name], method)
+    full = methods.resolve(known[name], config, known)
+    methods.check_options(name, known[name], full)
+    for term, t in zip(known[name].terms, full.terms):
+      section = term.options if isinstance(term.options, str) else methods.definition_key(name)
+      if not (math.isfinite(t.weight) and t.weight >= 0):
+        raise ConfigError(f"config key {section}.{term.weight if isinstance(term.weight, str) else 'weight'}="
+                          f"{t.weight!r} must be a finite number >= 0")
+      temperature = dict(t.options).get("temperature", 1.0)
+      if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"config key {section}.temperature={temperature!r} must be a finite number > 0")
+    try:
+      method = experiment.resolve(known[name], config, known, network)  # its active parts
+    except methods.MethodError as e:
+      raise ConfigError(f"config key {methods.definition_key(name)}: {e}") from None
     where = methods.definition_key(name)
     student = method.stream(method.student)
     if student.source and student.model != methods.model_key(methods.trained_stream(student.source, known),
@@ -180,7 +192,7 @@ def _check_streams(config: ml_collections.ConfigDict, known: dict[str, Any]) -> 
           names = [k.split(".", 2)[2] for k in shapes if k.startswith(f"{stream}.features.")]
           raise ConfigError(f"config key {where}.terms[{i}].inputs: {inp!r} is not an output of its model "
                             f"{method.stream(stream).model!r}; its features: {', '.join(names)}")
-      if len(t.inputs) < 2 or "label" in t.inputs:
+      if len(t.inputs) < 2 or "label" in t.inputs or t.loss in losses.SHAPE_FREE:
         continue
       a, b = shapes[t.inputs[0]], shapes[t.inputs[1]]
       if t.adapter:
@@ -269,6 +281,8 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.cache_teacher = False
   # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (README).
   config.method_defs = {}
+  # Write comparison.md: each deployed model's accuracy, input size, parameters, FLOPs and measured images/s.
+  config.compare = False
   config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128
@@ -284,6 +298,31 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   # the last good checkpoint, "skip" counts such steps and goes on.
   config.on_nonfinite = "stop"
   config.progress_bar = True
+  return config
+
+
+# The low-resolution comparison: the Table 1 baselines on B upsampled to the model size (train_b, cqd,
+# a_cqd) and the students that read the low resolution itself (train_b_low and the rest).
+COMPARISON_METHODS = ("train_b", "train_b_low", "kd", "cqd", "a_cqd", "pixel_distillation", "pixel_distillation_isr",
+                      "horkd")
+
+
+def comparison(config: ml_collections.ConfigDict, degradation: dict[str, str], *, small_model: dict[str, Any]
+               ) -> ml_collections.ConfigDict:
+  """`config` as the low-resolution comparison on one `degradation` (its B view must apply `lowres`):
+  COMPARISON_METHODS, the comparison table, the method sections with their defaults (so that the command
+  line can set them) and B at low_res.scale of the input (the native students' size, upsampled for train_b,
+  cqd and a_cqd, so that every method sees the same pixels). `small_model` is the section of the native
+  students and the assistant; config.model is the teacher's and the Table 1 baselines'."""
+  from cqd_jax import methods  # pylint: disable=g-import-not-at-top (methods imports this module)
+
+  config.methods = COMPARISON_METHODS
+  config.degradations = {"lowres": degradation}
+  for key in ("low_res", "pd", "pd_isr", "horkd"):
+    config[key] = methods.DEFAULTS[key]
+  config.degrade_params.lowres = {"low": round(config.image_size * config.low_res.scale)}
+  config.small_model = small_model
+  config.compare = True
   return config
 
 
@@ -320,3 +359,11 @@ def cpu_subset_base(dataset: str, manual_dir: str, *, train_images: int, distill
   config.log_every = 10
   config.checkpoint_every = 50
   return config
+
+
+def cpu_subset_comparison(config: ml_collections.ConfigDict, degradation: dict[str, str]) -> ml_collections.ConfigDict:
+  """A cpu_subset_base config as the low-resolution comparison: an ImageNet EfficientNet-Lite2 teacher (also
+  the Table 1 baselines' network) and Lite0 students and assistant, 160 -> 40 px."""
+  config.model = dict(name="efficientnet_lite2", options={"bn_momentum": 0.9}, init_from="imagenet:efficientnet_lite2")
+  return comparison(config, degradation, small_model=dict(name="efficientnet_lite0", options={"bn_momentum": 0.9},
+                                                           init_from="imagenet:efficientnet_lite0"))

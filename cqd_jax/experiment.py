@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -74,16 +75,17 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
   only (the teacher) does not depend on the degradation's B, so degradations with the same A share it
   (`<method>@<A>`, run first); the others are `<degradation>/<method>`."""
   known = methods.all_methods(config)
+  active = functools.cache(lambda name: methods.active(known[name], config))
 
   def reads_b(name: str) -> bool:
-    m = known[name]
+    m = active(name)
     return any(s.view != "a" for _, s in m.streams) or any(reads_b(src) for src in m.sources)
 
   shared: dict[str, Stage] = {}
   own: dict[str, Stage] = {}
 
   def add(name: str, deg_name: str, deg) -> Stage:
-    sources = tuple((src, add(src, deg_name, deg).name) for src in known[name].sources)
+    sources = tuple((src, add(src, deg_name, deg).name) for src in active(name).sources)
     if reads_b(name):
       stage = own.setdefault(f"{deg_name}/{name}", Stage(f"{deg_name}/{name}", name, deg.a, deg.b, sources))
     else:
@@ -95,6 +97,16 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
     for name in config.methods:
       add(name, deg_name, deg)
   return [*shared.values(), *own.values()]
+
+
+def resolve(method: methods.Method, config: ml_collections.ConfigDict, known: dict[str, methods.Method],
+            network: Callable[[str], Any]) -> methods.Method:
+  """The method as a stage trains it: its active parts, methods.resolve'd, with its "auto" and "first" features picked from the
+  traced shapes (`network(model section)` builds a stream's network)."""
+  method = methods.resolve(methods.active(method, config), config, known)
+  if any(i.endswith((".features.auto", ".features.first")) for t in method.terms for i in t.inputs):
+    method = methods.pick_features(method, output_shapes(method, network))
+  return method
 
 
 def stage_dir(workdir: str, stage: Stage) -> str:
@@ -166,7 +178,7 @@ class Runner:
   def method(self, stage: Stage) -> methods.Method:
     """The stage's method with the config's options, model sections and input sizes filled in."""
     if stage.method not in self._methods:
-      self._methods[stage.method] = methods.resolve(self.known[stage.method], self.config, self.known)
+      self._methods[stage.method] = resolve(self.known[stage.method], self.config, self.known, self.network)
     return self._methods[stage.method]
 
   def _trained(self, stage: Stage) -> methods.Stream:
@@ -186,6 +198,22 @@ class Runner:
     if model_key not in self._networks:
       self._networks[model_key] = make_model(self.config, model_key, self.data.num_classes)
     return self._networks[model_key]
+
+  def model_key(self, stage: Stage) -> str:
+    """The config section of the model a stage trains."""
+    return self._trained(stage).model
+
+  def inference_speeds(self, stages: list[Stage], trained: dict[str, Any]) -> dict[str, float]:
+    """Evaluation-mode images/s of each stage's model at its input size (batch config.eval_batch_size), timed
+    one after another; `trained` holds variables already in memory, the others are read back."""
+    out = {}
+    for stage in tqdm.tqdm(stages, desc="timing the models", unit="model", leave=False,
+                           disable=not self.config.progress_bar or not multihost.is_primary()):
+      variables = trained.get(stage.name) or self.final_variables(stage)
+      model, size = self.student(stage)
+      out[stage.name] = round(models.images_per_second(model, variables, size, self.config.eval_batch_size,
+                                                       self.mesh), 1)
+    return out
 
   def student(self, stage: Stage) -> tuple[Any, int]:
     """The network a stage trains and its input size."""
@@ -243,6 +271,8 @@ class Runner:
     for _, s in method.streams:
       for letter in ("a", "b") if s.view == "ab" else (s.view,):
         out[letter, s.image_size] = _view(self.config, specs[letter], s.image_size)
+    for letter in method.images:
+      out[letter, method.image_size] = _view(self.config, specs[letter], method.image_size)
     return out
 
   def train(self, stage: Stage, weights: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -256,7 +286,8 @@ class Runner:
     student = method.stream(method.student)
     init = weights[stage.source(student.source)] if student.source else None
     state = self._template(stage, init)
-    loader = input_pipeline.train_loader(self.data.builder, "train", batch_size=config.batch_size // jax.process_count(),
+    loader = input_pipeline.train_loader(self.data.builder, "train",
+                                         batch_size=config.batch_size // jax.process_count(),
                                          seed=config.seed, image_size=config.dataset.storage_size or None,
                                          worker_count=config.dataset.worker_count,
                                          cache_mb=config.dataset.cache_mb)
@@ -279,7 +310,8 @@ class Runner:
         frozen[name], frozen_apply[name] = weights[source], self.network(s.model).apply
     frozen = train.replicate(frozen, self.mesh)
     step_fn = train.jit_train_step(
-        self.mesh, method=method, views=views, frozen_apply=frozen_apply, adapters=adapter_modules(method, self._output_shapes(stage)),
+        self.mesh, method=method, views=views, frozen_apply=frozen_apply,
+        adapters=adapter_modules(method, self._output_shapes(stage)),
         flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.dirname),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
@@ -398,6 +430,8 @@ def output_shapes(method: methods.Method, network: Callable[[str], Any], batch: 
                                          variables, images)
     out[f"{name}.logits"] = logits.shape
     out.update({f"{name}.features.{k}": v.shape for k, v in features.items()})
+  for letter in method.images:
+    out[f"image.{letter}"] = (batch, method.image_size, method.image_size, 3)
   return out
 
 
@@ -480,10 +514,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       if source not in trained:
         trained[source] = runner.final_variables(by_name[source])
     variables, summary = runner.train(stage, trained)
-    if stage.name in needed:
+    if stage.name in needed or config.get("compare"):  # the comparison times every model at the end
       trained[stage.name] = variables
     model, size = runner.student(stage)
-    cost = {"params": models.count_params(variables), "flops_per_image": models.flops_per_image(model, variables, size)}
+    cost = {"params": models.count_params(variables), "flops_per_image": models.flops_per_image(model, variables, size),
+            "model": config[runner.model_key(stage)].name, "input_px": size}
     stage_rows = []
     for deg_name, deg in config.degradations.items():
       if stage.name == f"{deg_name}/{stage.method}" or stage.shared and deg.a == stage.view_a:
@@ -498,4 +533,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     results.write_tables(rows, list(config.degradations), shown, workdir,
                          tested_on_a={s.method for s in stages if s.shared})
     results.write_timing(runner.timing, workdir)
+  if config.get("compare"):
+    speeds = runner.inference_speeds([s for s in stages if any(r["stage"] == s.name for r in rows)], trained)
+    if multihost.is_primary():
+      results.write_comparison(rows, list(config.methods), speeds, workdir, machine_name())
   return rows
+
+
+def machine_name() -> str:
+  """The device kind and count, and the CPU count, for tables of measured speed."""
+  device = jax.devices()[0]
+  return f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs"

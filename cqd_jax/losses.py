@@ -117,10 +117,21 @@ def kd(student_logits: jax.Array, teacher_logits: jax.Array, *, loss: str = "sof
   return get_distill_loss(loss)(student_logits, teacher_logits, temperature=temperature, t2_scale=t2_scale)
 
 
-def feature_mse(student: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean squared difference between two features of the same shape (FitNets' hint loss), per example."""
+FEATURE_NORMS = {"l2": jnp.square, "l1": jnp.abs}
+
+
+def feature_distance(student: jax.Array, target: jax.Array, *, norm: str = "l2") -> jax.Array:
+  """Mean squared ("l2", FitNets' hint loss) or absolute ("l1") difference between two features (or images)
+  of the same shape, per example."""
+  if norm not in FEATURE_NORMS:
+    raise ValueError(f"norm={norm!r}: known: {', '.join(FEATURE_NORMS)}")
   diff = student.astype(jnp.float32) - target.astype(jnp.float32)
-  return jnp.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=-1)
+  return jnp.mean(FEATURE_NORMS[norm](diff.reshape(diff.shape[0], -1)), axis=-1)
+
+
+def feature_mse(student: jax.Array, target: jax.Array) -> jax.Array:
+  """feature_distance with the L2 norm."""
+  return feature_distance(student, target, norm="l2")
 
 
 # The loss functions a method's terms name (methods.Term.loss): per-example losses of the outputs they compare.
@@ -130,6 +141,9 @@ TERMS: dict[str, Callable[..., jax.Array]] = {
     "soft_ce": soft_cross_entropy,
     "logit_mse": logit_squared_error,
     "feature_mse": feature_mse,
+    "feature_distance": feature_distance,
     "rkd_distance": rkd_distance,
     "rkd_angle": rkd_angle,
 }
+# Terms that compare the structure of a batch (N x N distances, angles), so their inputs may differ in shape.
+SHAPE_FREE = frozenset({"rkd_distance", "rkd_angle"})

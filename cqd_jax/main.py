@@ -151,7 +151,12 @@ def _train_and_report(config: ml_collections.ConfigDict, workdir: str) -> None:
     return
   print("\nTop-1 accuracy (%) on the test split:\n")
   print(results.markdown(rows, list(config.degradations), list(config.methods)))
-  print(f"Tables: {os.path.join(workdir, 'results.md')} and results.csv; TensorBoard: {workdir}/tensorboard")
+  if config.get("compare"):
+    with open(os.path.join(workdir, "comparison.md")) as f:
+      print(f.read())
+  print(f"Tables: {os.path.join(workdir, 'results.md')} and results.csv"
+        + (", comparison.md and comparison.csv" if config.get("compare") else "")
+        + f"; TensorBoard: {workdir}/tensorboard")
   logging.info("results: %s", json.dumps(rows))
 
 

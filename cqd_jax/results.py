@@ -88,7 +88,7 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b",
                                                "best_step", "best_val_accuracy", "skipped_updates", "params",
-                                               "flops_per_image"])
+                                               "flops_per_image", "model", "input_px"])
   writer.writeheader()
   writer.writerows(rows)
   md = (markdown(rows, degradations, methods, tested_on_a) + "\nModels (FLOPs: XLA's count for one image):\n\n"
@@ -107,3 +107,57 @@ def write_timing(timing: Sequence[Row], workdir: str) -> None:
   writer.writeheader()
   writer.writerows(timing)
   fileio.write_text(os.path.join(workdir, "timing.csv"), buf.getvalue())
+
+
+COMPARISON_FIELDS = ["degradation", "method", "model", "input_px", "test", "accuracy", "params", "flops_per_image",
+                     "flops_vs_teacher", "images_per_s"]
+
+
+def comparison_rows(rows: Sequence[Row], methods: Sequence[str], speeds: dict[str, float],
+                    teacher: str = "train_a") -> list[Row]:
+  """Per degradation, one line per method (the teacher's on A and on B, first) with what its deployed model
+  costs: input size, parameters, FLOPs per image (also as a fraction of the teacher's) and the measured
+  inference images/s (`speeds`, by stage)."""
+  out = []
+  for deg in dict.fromkeys(r["degradation"] for r in rows):
+    by_method = {r["method"]: r for r in rows if r["degradation"] == deg}
+    base = by_method.get(teacher, {}).get("flops_per_image")
+    for method in dict.fromkeys([teacher, *methods]):
+      r = by_method.get(method)
+      if r is None:
+        continue
+      for test in ("a", "b") if method == teacher else ("b",):
+        out.append({"degradation": deg, "method": method, "model": r.get("model"), "input_px": r.get("input_px"),
+                    "test": test.upper(), "accuracy": round(100 * r[f"accuracy_{test}"], 1),
+                    "params": r["params"], "flops_per_image": r["flops_per_image"],
+                    "flops_vs_teacher": round(r["flops_per_image"] / base, 4) if base else None,
+                    "images_per_s": speeds.get(r["stage"])})
+  return out
+
+
+def comparison_markdown(lines: Sequence[Row]) -> str:
+  """comparison_rows as GitHub Markdown."""
+  out = ["| degradation | method | model | input px | test | top-1 (%) | parameters | FLOPs / image | x teacher | "
+         "images/s |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in lines:
+    ratio = "-" if r["flops_vs_teacher"] is None else f"{r['flops_vs_teacher']:.3g}"
+    speed = "-" if r["images_per_s"] is None else f"{r['images_per_s']:.0f}"
+    out.append(f"| {r['degradation']} | {r['method']} | {r['model']} | {r['input_px']} | {r['test']} | "
+               f"{r['accuracy']:.1f} | {_si(r['params'])} | {_si(r['flops_per_image'])} | {ratio} | {speed} |")
+  return "\n".join(out) + "\n"
+
+
+def write_comparison(rows: Sequence[Row], methods: Sequence[str], speeds: dict[str, float], workdir: str,
+                     machine: str) -> str:
+  """Writes comparison.csv and comparison.md (config.compare); returns the Markdown. Images/s depend on
+  `machine` and its load; the models were timed one after another in the same process."""
+  lines = comparison_rows(rows, methods, speeds)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=COMPARISON_FIELDS)
+  writer.writeheader()
+  writer.writerows(lines)
+  md = (f"Accuracy on the test split and the cost of each deployed model (images/s: evaluation-mode forward "
+        f"passes on {machine}, timed one after another in one run).\n\n" + comparison_markdown(lines))
+  fileio.write_text(os.path.join(workdir, "comparison.csv"), buf.getvalue())
+  fileio.write_text(os.path.join(workdir, "comparison.md"), md)
+  return md

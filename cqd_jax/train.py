@@ -170,6 +170,7 @@ def train_step(state: TrainState, frozen: Mapping[str, Any], batch: Mapping[str,
   (`views[(view, size)]`, each made once), the frozen streams' forward passes (`frozen_apply[name]` on
   `frozen[name]`, eval mode, no gradient), the student's forward/backward, the sum of the weighted loss terms
   (through `adapters[term.metric]`, whose parameters are the state's params["adapters"]) and the update.
+  An "image.<view>" input is that view at `method.image_size`, normalised.
   Metrics: "loss", "grad_norm", "skipped", "accuracy", each term's batch mean under its metric name, and
   "<frozen stream>_agreement" (top-1 agreement with the student).
 
@@ -203,6 +204,8 @@ def train_step(state: TrainState, frozen: Mapping[str, Any], batch: Mapping[str,
     return made[letter, size]
 
   outputs = {"label": batch["label"]}
+  for letter in method.images:
+    outputs[f"image.{letter}"] = models.normalize_images(view(letter, method.image_size), jnp.float32)
   for name in method.frozen:  # eval mode, no gradient
     s = method.stream(name)
     if name in cached:

@@ -108,10 +108,11 @@ def shared_methods(config: ml_collections.ConfigDict, grid: Grid, methods: Seque
   a term reads, such as kd) in the grid, the methods whose terms read none of them (the teacher), else none."""
   known = methods_lib.all_methods(config)
   sections = {t.options for m in known.values() for t in m.terms if isinstance(t.options, str)}
-  varied = {key.split(".", 1)[0] for key, _ in grid}
-  if not varied <= sections:
+  in_section = lambda key, section: key.startswith(f"{section}.")  # kd.weight in kd, pd.kd.weight in pd.kd
+  if not all(any(in_section(key, s) for s in sections) for key, _ in grid):
     return ()
-  reads = lambda m: any(t.options in varied for t in known[m].terms)
+  reads = lambda m: any(isinstance(t.options, str) and any(in_section(key, t.options) for key, _ in grid)
+                        for t in known[m].terms)
   shared = {s for m in methods for s in _sources(m, known) if not reads(s)}
   return tuple(s for s in known if s in shared)
 

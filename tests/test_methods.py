@@ -30,7 +30,7 @@ def _config_with(**method_defs):
      r"config key method_defs\.m\.streams\.teacher\.source='train_c': unknown method; known: train_a, .*, m$"),
     (dict(streams={"student": STUDENT}, terms=(dict(loss="ce", inputs=("student.logitz", "label")),)),
      r"config key method_defs\.m\.terms\[0\]\.inputs: unknown output 'student\.logitz'; known: label, "
-     r"student\.logits, student\.features\.<name>$"),
+     r"image\.a, image\.b, student\.logits, student\.features\.<name>$"),
     (dict(streams={"student": STUDENT, "teacher": TEACHER},
           terms=(CE, dict(loss="feature_mse", inputs=("student.features.stage9", "teacher.features.stage1")))),
      r"config key method_defs\.m\.terms\[1\]\.inputs: 'student\.features\.stage9' is not an output of its model "
@@ -39,11 +39,11 @@ def _config_with(**method_defs):
      r"config key method_defs\.m\.terms\[0\]\.loss='kl': unknown loss; known: ce, kd, soft_ce, .*rkd_angle$"),
     (dict(streams={"student": STUDENT, "teacher": TEACHER},
           terms=(dict(loss="feature_mse", inputs=("student.logits", "teacher.logits"), adapter="mlp"),)),
-     r"config key method_defs\.m\.terms\[0\]\.adapter='mlp': unknown adapter; known: conv1x1, pixel_shuffle$"),
+     r"config key method_defs\.m\.terms\[0\]\.adapter='mlp': unknown adapter; known: conv1x1, pixel_shuffle, image_decoder$"),
     (dict(streams={"student": STUDENT, "teacher": TEACHER},
           terms=(dict(loss="feature_mse", inputs=("student.features.stage1", "teacher.features.stage2")),)),
      r"config key method_defs\.m\.terms\[0\]: student\.features\.stage1 \[32, 32, 8\] and teacher\.features\.stage2 "
-     r"\[16, 16, 16\] differ in shape \(per example\); give the term an adapter \(conv1x1, pixel_shuffle\)$"),
+     r"\[16, 16, 16\] differ in shape \(per example\); give the term an adapter \(conv1x1, pixel_shuffle, image_decoder\)$"),
     (dict(streams={"student": STUDENT, "other": dict(view="a", trained=True)}, terms=(CE,)),
      r"config key method_defs\.m\.streams: exactly one stream must have trained=True$"),
     (dict(streams={"student": dict(view="c", trained=True)}, terms=(CE,)),
@@ -68,7 +68,9 @@ def test_unknown_names_cycles_and_replaced_keys_are_refused(tmp_path):
   config = helpers.tiny_experiment_config()
   config.methods = ("train_a", "nope")
   with pytest.raises(config_lib.ConfigError, match=r"^config key methods: unknown method 'nope'; known: train_a, "
-                                                    r"train_b, a_then_b, cqd, a_cqd, mixture_ab$"):
+                                                    r"train_b, a_then_b, cqd, a_cqd, mixture_ab, train_b_low, "
+                                                    r"kd, pd_assistant, pixel_distillation, pixel_distillation_isr, "
+                                                    r"horkd$"):
     config_lib.validate(config)
   loop = _config_with(x=dict(streams={"student": dict(STUDENT, source="y")}, terms=(CE,)),
                       y=dict(streams={"student": dict(STUDENT, source="x")}, terms=(CE,)))

@@ -12,7 +12,14 @@ from cqd_jax import config_lib
 from cqd_jax import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "c*_*.py")) if not p.endswith("_subset.py"))
+# The comparisons with the later low-resolution methods (not the CQD paper's Table 1 protocol).
+LOW_RES_CONFIGS = {"cub_lowres_compare": ("train_a", "pd_assistant", "train_b", "train_b_low", "kd", "cqd", "a_cqd",
+                                          "pixel_distillation", "pixel_distillation_isr", "horkd"),
+                   "cub_lowres_pixel_distillation": ("train_a", "pd_assistant", "train_b_low", "pixel_distillation",
+                                                     "pixel_distillation_isr"),
+                   "cub_lowres_horkd": ("train_a", "pd_assistant", "train_b_low", "kd", "horkd")}
+PAPER_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "c*_*.py"))
+                       if not p.endswith("_subset.py") and os.path.basename(p)[:-3] not in LOW_RES_CONFIGS)
 SUBSET_CONFIGS = {"cub_subset": ("localization", "lowres", "edges", "distortion", "localization_lowres"),
                   "cars_subset": ("lowres", "edges")}
 
@@ -59,6 +66,27 @@ def test_cpu_subset_configs(name, arg):
   assert [s.method for s in experiment.plan(config)] == ["train_a", "train_b", "a_then_b", "cqd", "a_cqd"]
   with pytest.raises(ValueError, match=f"configs/{name}.py: unknown degradation 'blur'"):
     _load(os.path.join(REPO, "configs", f"{name}.py"), "blur")
+
+
+@pytest.mark.parametrize("name", LOW_RES_CONFIGS)
+def test_low_resolution_comparison_configs(name):
+  """ResNet-50 teacher at 224 px, ResNet-18 students on the 56 px crop itself, the comparison table."""
+  config = _load(os.path.join(REPO, "configs", f"{name}.py"))
+  config_lib.validate(config)
+  assert [s.method for s in experiment.plan(config)] == list(LOW_RES_CONFIGS[name])
+  assert (config.model.name, config.small_model.name, config.image_size) == ("resnet50", "resnet18", 224)
+  assert config.degrade_params.lowres.low == 56 and config.low_res.scale == 0.25 and config.compare
+  if name == "cub_lowres_pixel_distillation":  # the authors' optimizer
+    assert (config.optimizer.lr, config.optimizer.momentum, config.optimizer.weight_decay) == (0.01, 0.9, 5e-4)
+    assert config.batch_size == 64 and (config.pd.kd.temperature, config.pd.kd.weight) == (4.0, 0.9)
+
+
+def test_subset_comparison_is_lite2_to_lite0_at_160_to_40_px():
+  config = _load(os.path.join(REPO, "configs", "cub_subset.py"), "compare")
+  config_lib.validate(config)
+  assert (config.model.name, config.small_model.name) == ("efficientnet_lite2", "efficientnet_lite0")
+  assert config.degrade_params.lowres.low == 40 and list(config.degradations) == ["lowres"]
+  assert [s.method for s in experiment.plan(config)] == list(LOW_RES_CONFIGS["cub_lowres_compare"])
 
 
 def test_cub_lowres_runs_end_to_end_on_a_fixture(tmp_path):

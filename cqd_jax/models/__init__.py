@@ -29,7 +29,8 @@ import flax.linen as nn
 
 from cqd_jax.models.adapters import ADAPTERS
 from cqd_jax.models.common import (FEATURES, IMAGENET_MEAN, IMAGENET_STD, apply_with_features, count_params,
-                                   flops_per_image, init_variables, normalize_images)
+                                   flops_per_image, images_per_second, init_variables,
+                                   normalize_images)
 from cqd_jax.models.efficientnet_lite import (EfficientNetLite, EfficientNetLite0, EfficientNetLite1,
                                              EfficientNetLite2)
 from cqd_jax.models.resnet import BasicBlock, Bottleneck, ResNet, ResNet18, ResNet50
@@ -73,6 +74,6 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
 __all__ = [
     "ADAPTERS", "FEATURES", "IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "BasicBlock", "Bottleneck", "EfficientNetLite",
     "EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2", "ResNet", "ResNet18", "ResNet50", "SmallCNN",
-    "VGG", "VGG16", "VGGM", "apply_with_features", "count_params", "flops_per_image", "get_model", "init_variables",
-    "model_options", "normalize_images",
+    "VGG", "VGG16", "VGGM", "apply_with_features", "count_params", "flops_per_image", "get_model",
+    "images_per_second", "init_variables", "model_options", "normalize_images",
 ]

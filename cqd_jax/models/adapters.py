@@ -9,6 +9,7 @@ vectors (pre_logits) only change width.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable
 
@@ -45,10 +46,11 @@ class PixelShuffle(nn.Module):
   """Feature super-resolution: a 1x1 convolution to r*r times the target's channels, rearranged into an
   r times larger map (depth to space, r = the smallest integer factor reaching the target; the same map as a
   stride-r transposed convolution), then centre-cropped (or resized) to the target's height and width. Maps
-  only."""
+  only. With `prelu` a PReLU follows (Pixel Distillation's image decoder: 3 target channels)."""
 
   target: tuple[int, ...]
   dtype: Any = jnp.float32
+  prelu: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -59,7 +61,12 @@ class PixelShuffle(nn.Module):
     y = nn.Conv(channels * r * r, (1, 1), dtype=self.dtype, name="conv")(x).astype(jnp.float32)
     n, h, w, _ = y.shape
     y = y.reshape(n, h, w, r, r, channels).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * r, w * r, channels)
-    return _fit(y, height, width)
+    y = _fit(y, height, width)
+    return nn.PReLU(name="prelu")(y) if self.prelu else y
 
 
-ADAPTERS: dict[str, Callable[..., nn.Module]] = {"conv1x1": Conv1x1, "pixel_shuffle": PixelShuffle}
+ADAPTERS: dict[str, Callable[..., nn.Module]] = {
+    "conv1x1": Conv1x1,
+    "pixel_shuffle": PixelShuffle,
+    "image_decoder": functools.partial(PixelShuffle, prelu=True),  # a feature map -> the normalised image
+}
