@@ -82,6 +82,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_number(config, "augment.crop_margin", float, 0, strict=False)
   _check_number(config, "dataset.worker_count", int, 0, strict=False)
   _check_number(config, "dataset.cache_mb", float, 0, strict=False)
+  if config.get("compare"):
+    _check_number(config, "compare_seconds", float, 0, strict=False)
   if config.augment.crop_margin >= 1:
     raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
   losses.get_distill_loss(get(config, "kd.loss"))
@@ -281,8 +283,10 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.cache_teacher = False
   # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (README).
   config.method_defs = {}
-  # Write comparison.md: each deployed model's accuracy, input size, parameters, FLOPs and measured images/s.
+  # Write comparison.md: each deployed model's accuracy, input size, parameters, FLOPs and measured images/s
+  # (each model timed for at least compare_seconds and 3 batches, at the end of the run).
   config.compare = False
+  config.compare_seconds = 1.0
   config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128

@@ -212,7 +212,7 @@ class Runner:
       variables = trained.get(stage.name) or self.final_variables(stage)
       model, size = self.student(stage)
       out[stage.name] = round(models.images_per_second(model, variables, size, self.config.eval_batch_size,
-                                                       self.mesh), 1)
+                                                       self.mesh, self.config.compare_seconds), 1)
     return out
 
   def student(self, stage: Stage) -> tuple[Any, int]:
@@ -423,16 +423,23 @@ def output_shapes(method: methods.Method, network: Callable[[str], Any], batch: 
   by tracing each stream's network (`network(model section)`, e.g. Runner.network; nothing is computed)."""
   out = {}
   for name, s in method.streams:
-    model = network(s.model)
-    images = jax.ShapeDtypeStruct((batch, s.image_size, s.image_size, 3), jax.numpy.float32)
-    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-    logits, features, _ = jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x, train=False),
-                                         variables, images)
-    out[f"{name}.logits"] = logits.shape
-    out.update({f"{name}.features.{k}": v.shape for k, v in features.items()})
+    logits, features = _traced_outputs(network(s.model), s.image_size, batch)
+    out[f"{name}.logits"] = logits
+    out.update({f"{name}.features.{k}": v for k, v in features.items()})
   for letter in method.images:
     out[f"image.{letter}"] = (batch, method.image_size, method.image_size, 3)
   return out
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_outputs(model: Any, image_size: int, batch: int) -> tuple[tuple[int, ...], dict[str, tuple[int, ...]]]:
+  """The logits' and named features' shapes of `model` (a hashable linen module) at image_size px, traced
+  once per (model, size): several methods and stages share their networks."""
+  images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jax.numpy.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
+  logits, features, _ = jax.eval_shape(lambda v, x: models.apply_with_features(model, v, x, train=False),
+                                       variables, images)
+  return logits.shape, {k: v.shape for k, v in features.items()}
 
 
 def adapter_modules(method: methods.Method, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def compare_run(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("compare") / "work"
   args = [a for a in helpers.CLI_TINY_ARGS if not a.startswith(("--config=", "--config.methods"))]
   result = helpers.run_cli_in_process([f"--workdir={workdir}", "--config=configs/demo.py:compare", *args,
-                                       "--config.progress_bar=False"])
+                                       "--config.progress_bar=False", "--config.compare_seconds=0"])
   assert result.returncode == 0, result.stderr[-4000:]
   assert "| lowres | pixel_distillation | small_cnn | 8 | B |" in result.stdout
   return workdir
