@@ -118,13 +118,16 @@ def shared_methods(config: ml_collections.ConfigDict, grid: Grid, methods: Seque
 
 
 def validation_config(config: ml_collections.ConfigDict, methods: Sequence[str]) -> ml_collections.ConfigDict:
-  """`config` evaluating on its validation split (and not also choosing checkpoints by it), for `methods`."""
+  """`config` evaluating on its validation split (and not also choosing checkpoints by it), for `methods`,
+  without the comparison table."""
   if not config.get("validation_split"):
     raise config_lib.ConfigError("config key validation_split is empty: tuning needs a validation split")
   out = copy.deepcopy(config)
   out.eval_split = config.validation_split
   out.validation_split = ""
   out.methods = tuple(methods)
+  if out.get("compare"):  # each point's table is its validation accuracy; no models are timed
+    out.compare = False
   return out
 
 

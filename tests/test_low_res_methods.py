@@ -174,6 +174,7 @@ def test_tuning_a_term_section_shares_the_stages_that_do_not_read_it():
   # The assistant reads pd.kd, so it is trained again for each point; the teacher is not.
   assert tune.shared_methods(config, [("pd.kd.temperature", (2.0, 4.0))], ["pixel_distillation"]) == ("train_a",)
   assert tune.shared_methods(config, [("low_res.scale", (0.25, 0.5))], ["kd"]) == ()
+  assert config.compare and not tune.validation_config(config, ["kd"]).compare  # points time no models
 
 
 @pytest.mark.parametrize("key, value, match", [
