@@ -101,8 +101,8 @@ def plan(config: ml_collections.ConfigDict) -> list[Stage]:
 
 def resolve(method: methods.Method, config: ml_collections.ConfigDict, known: dict[str, methods.Method],
             network: Callable[[str], Any]) -> methods.Method:
-  """The method as a stage trains it: its active parts, methods.resolve'd, with its "auto" and "first" features picked from the
-  traced shapes (`network(model section)` builds a stream's network)."""
+  """The method as a stage trains it: its active parts, methods.resolve'd, with its "auto" and "first"
+  features picked from the traced shapes (`network(model section)` builds a stream's network)."""
   method = methods.resolve(methods.active(method, config), config, known)
   if any(i.endswith((".features.auto", ".features.first")) for t in method.terms for i in t.inputs):
     method = methods.pick_features(method, output_shapes(method, network))

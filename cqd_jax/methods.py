@@ -15,8 +15,8 @@ A term is weight * the batch mean of losses.TERMS[loss](*inputs, **options). Its
 name may be "{key}", filled from the term's options; the feature "auto" is the deepest map of the stream
 that stays at least MIN_MAP x MIN_MAP, "first" its shallowest (experiment.resolve picks them from the traced
 shapes). An adapter (models.ADAPTERS) maps the first input to the second's shape; it trains with the
-student and is dropped for evaluation and export. A term whose weight is 0 is dropped, and with it any frozen stream no term reads
-(`active`), so the parts of a method can be switched off by config.
+student and is dropped for evaluation and export. A term whose weight is 0 is dropped, and with it any
+frozen stream no term reads (`active`), so the parts of a method can be switched off by config.
 
 Options and weights may come from config sections (`Term.options` names one, dotted: "pd.kd"); a section
 the config lacks, or a key it lacks, takes its value from DEFAULTS, so every built-in method runs on any
@@ -185,7 +185,8 @@ METHODS: dict[str, Method] = {
         "Pixel Distillation, one stage: KD from the teacher and the stem decoded into the high-resolution image"),
     "horkd": Method(
         (LOW_RES_STUDENT, ("teacher", Stream("a", source=TEACHER_METHOD)), ASSISTANT_ON_A),
-        (_ce("horkd.ce"), _kd("horkd.kd_teacher", "teacher", "kd_teacher"), _kd("horkd.kd_assistant", "assistant", "kd_assistant"),
+        (_ce("horkd.ce"), _kd("horkd.kd_teacher", "teacher", "kd_teacher"),
+         _kd("horkd.kd_assistant", "assistant", "kd_assistant"),
          _relation("distance", "teacher"), _relation("distance", "assistant"),
          _relation("angle", "teacher"), _relation("angle", "assistant")),
         "hybrid-order relational KD from the teacher and the assistant (our reading of HORKD's abstract)"),

@@ -39,11 +39,13 @@ def _config_with(**method_defs):
      r"config key method_defs\.m\.terms\[0\]\.loss='kl': unknown loss; known: ce, kd, soft_ce, .*rkd_angle$"),
     (dict(streams={"student": STUDENT, "teacher": TEACHER},
           terms=(dict(loss="feature_mse", inputs=("student.logits", "teacher.logits"), adapter="mlp"),)),
-     r"config key method_defs\.m\.terms\[0\]\.adapter='mlp': unknown adapter; known: conv1x1, pixel_shuffle, image_decoder$"),
+     r"config key method_defs\.m\.terms\[0\]\.adapter='mlp': unknown adapter; known: conv1x1, pixel_shuffle, "
+     r"image_decoder$"),
     (dict(streams={"student": STUDENT, "teacher": TEACHER},
           terms=(dict(loss="feature_mse", inputs=("student.features.stage1", "teacher.features.stage2")),)),
      r"config key method_defs\.m\.terms\[0\]: student\.features\.stage1 \[32, 32, 8\] and teacher\.features\.stage2 "
-     r"\[16, 16, 16\] differ in shape \(per example\); give the term an adapter \(conv1x1, pixel_shuffle, image_decoder\)$"),
+     r"\[16, 16, 16\] differ in shape \(per example\); give the term an adapter \(conv1x1, pixel_shuffle, "
+     r"image_decoder\)$"),
     (dict(streams={"student": STUDENT, "other": dict(view="a", trained=True)}, terms=(CE,)),
      r"config key method_defs\.m\.streams: exactly one stream must have trained=True$"),
     (dict(streams={"student": dict(view="c", trained=True)}, terms=(CE,)),
