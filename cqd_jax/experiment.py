@@ -548,6 +548,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
 
 
 def machine_name() -> str:
-  """The device kind and count, and the CPU count, for tables of measured speed."""
+  """What ran the models, for tables of measured speed: the accelerators (count and kind), else the CPU's
+  model name and core count."""
   device = jax.devices()[0]
-  return f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPUs"
+  if device.platform != "cpu":
+    return f"{jax.device_count()} x {device.device_kind}"
+  cpu = "CPU"
+  with contextlib.suppress(OSError):
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+  return f"{cpu}, {os.cpu_count()} cores"
