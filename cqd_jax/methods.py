@@ -386,8 +386,8 @@ def resolve(method: Method, config: Any, known: Mapping[str, Method] | None = No
                                               scale=1.0, cache=cache)))
   terms = []
   for t in method.terms:
-    options = setting(config, t.options) if isinstance(t.options, str) else dict(t.options)
-    weight = _weight(t, config)
+    options = _options(t, config)
+    weight = _weight_in(t, options)
     if isinstance(t.weight, str):
       options.pop(t.weight)
     fields = {f for i in t.inputs for _, f, _, _ in string.Formatter().parse(i) if f}
@@ -403,16 +403,21 @@ def resolve(method: Method, config: Any, known: Mapping[str, Method] | None = No
 def active(method: Method, config: Any) -> Method:
   """`method` without the terms whose weight (in `config`) is 0 and the frozen streams no other term reads:
   the parts of a method a config switches off."""
-  terms = tuple(t for t in method.terms if _weight(t, config) != 0)
+  terms = tuple(t for t in method.terms if _weight_in(t, _options(t, config)) != 0)
   read = {i.partition(".")[0] for t in terms for i in t.inputs}
   streams = tuple((n, s) for n, s in method.streams if s.trained or n in read)
   return dataclasses.replace(method, streams=streams, terms=terms)
 
 
-def _weight(t: Term, config: Any) -> float:
+def _options(t: Term, config: Any) -> dict[str, Any]:
+  """A term's options (and weight key): its literal pairs, or its config section over DEFAULTS."""
+  return setting(config, t.options) if isinstance(t.options, str) else dict(t.options)
+
+
+def _weight_in(t: Term, options: Mapping[str, Any]) -> float:
+  """A term's weight: its literal number, or its key in `options` (_options)."""
   if not isinstance(t.weight, str):
     return t.weight
-  options = setting(config, t.options) if isinstance(t.options, str) else dict(t.options)
   if t.weight not in options:
     raise MethodError(f"config key {t.options}: no {t.weight!r} (the weight of term {t.metric!r})")
   return float(options[t.weight])
