@@ -17,6 +17,12 @@ pixel_distillation(_isr) and horkd on the 40 px crop itself with Lite0 (and a Li
 writes comparison.md beside the results:
 
   python -m cqd_jax.main --config=configs/cars_subset.py:compare --workdir=/tmp/cars_subset_compare
+
+"multires" runs the paper's multi-resolution model (Table 3, cqd_jax/multires.py) on lowres: train_a, a_cqd and
+mixture_ab, then a router on the images' Fourier magnitudes that sends each test image to train_a or a_cqd;
+it writes multires.md beside the results:
+
+  python -m cqd_jax.main --config=configs/cars_subset.py:multires --workdir=/tmp/cars_subset_multires
 """
 
 import os
@@ -34,11 +40,17 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
   """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), or
-  the low-resolution comparison ("compare")."""
+  the low-resolution comparison ("compare"), or the multi-resolution model ("multires")."""
   # 441 train images after the 10% validation split (55 images) of the 496 official ones.
   config = config_lib.cpu_subset_base("cars_paired", os.path.normpath(SAMPLE), train_images=441,
                                       distill_weight=50.0, epochs=8)
   if arg == "compare":
     return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
+  if arg == "multires":  # the experts, the A+B model and the router's settings (cqd_jax/multires.py)
+    config.degradations = {"lowres": DEGRADATIONS["lowres"]}
+    config.methods = ("train_a", "a_cqd", "mixture_ab")
+    config.multires = dict(degradation="lowres", high="train_a", low="a_cqd", mixture="mixture_ab", steps=300,
+                           learning_rate=0.01, l2=1e-4)
+    return config
   config.degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/cars_subset.py")
   return config

@@ -27,6 +27,11 @@ pixel_distillation(_isr) and horkd on the 40 px crop itself with Lite0 (and a Li
 writes comparison.md beside the results:
 
   python -m cqd_jax.main --config=configs/cub_subset.py:compare --workdir=/tmp/cub_subset_compare
+
+"compression" is the paper's Table 2 (configs/cub_compression.py) on localization: ImageNet EfficientNet-Lite2
+as the deep network and Lite0 as the shallow one, lambda = 50, writing compression.md:
+
+  python -m cqd_jax.main --config=configs/cub_subset.py:compression --workdir=/tmp/cub_subset_compression
 """
 
 import os
@@ -46,12 +51,18 @@ SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
 
 
 def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
-  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), or
-  the low-resolution comparison ("compare")."""
+  """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), the
+  low-resolution comparison ("compare") or model compression ("compression")."""
   # 675 official train images after the 10% validation split.
   config = config_lib.cpu_subset_base("cub_paired", os.path.normpath(SAMPLE), train_images=675,
                                       distill_weight=200.0, epochs=8)
   if arg == "compare":
     return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
+  if arg == "compression":
+    config.degradations = {"localization": DEGRADATIONS["localization"]}
+    config.kd.weight = 50.0
+    lite = lambda name: dict(name=name, options={"bn_momentum": 0.9}, init_from=f"imagenet:{name}")
+    return config_lib.compression(config, "localization", deep=lite("efficientnet_lite2"),
+                                  small=lite("efficientnet_lite0"))
   config.degradations = config_lib.pick_degradations(arg, DEGRADATIONS, "configs/cub_subset.py")
   return config

@@ -9,11 +9,18 @@ One teacher (train_a on the crop) is trained once and reused by every method of 
   python -m cqd_jax.main --config=configs/demo.py --workdir=/tmp/cqd_demo
   python -m cqd_jax.main --config=configs/demo.py:edges --workdir=/tmp/cqd_edges   # one degradation
   python -m cqd_jax.main --config=configs/demo.py:compare --workdir=/tmp/cqd_compare
+  python -m cqd_jax.main --config=configs/demo.py:multires --workdir=/tmp/cqd_multires
+  python -m cqd_jax.main --config=configs/demo.py:compression --workdir=/tmp/cqd_compression
+  python -m cqd_jax.main --config=configs/demo.py:sr --workdir=/tmp/cqd_sr
 
 The argument after ':' picks degradations (comma-separated) from: lowres, localize, edges, distort,
 localize_lowres; or it is "compare": the low-resolution comparison (config_lib.comparison) of the Table 1
 baselines with the students that read the 8 px crop itself (kd, Pixel Distillation, HORKD), all small_cnn,
-writing comparison.md.
+writing comparison.md; or "multires": the paper's multi-resolution model (Table 3, cqd_jax/multires.py) on
+lowres, train_a and a_cqd as the experts, a router on the images' Fourier magnitudes picking one per test
+image, and mixture_ab beside them, writing multires.md; or "compression": the paper's Table 2 on localize
+(a small_cnn a quarter as wide as the teacher's as the shallow network, writing compression.md); or "sr": the
+paper's Table 4, the 8 px crop upsampled bicubically and by an SRCNN trained first (stage sr).
 """
 
 import ml_collections
@@ -31,8 +38,9 @@ DEGRADATIONS = {
 
 
 def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
-  """The demo config; `arg` lists the degradations to run, or is "compare"."""
-  degradations = config_lib.pick_degradations("lowres" if arg == "compare" else arg, DEGRADATIONS, "configs/demo.py")
+  """The demo config; `arg` lists the degradations to run, or is "compare", "multires", "compression" or "sr"."""
+  variant = arg in ("compare", "multires", "compression", "sr")
+  degradations = config_lib.pick_degradations("lowres,localize" if variant else arg, DEGRADATIONS, "configs/demo.py")
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -75,6 +83,9 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
                           momentum=0.9, nesterov=False, weight_decay=5e-4)
   config.batch_size = 64
   config.num_steps = 500  # per stage
+  # The teacher's own length (experiment.Runner.length): 0 steps = num_steps, patience 0 = no early stopping;
+  # the demo teacher's validation accuracy has levelled off by then.
+  config.teacher_training = dict(num_steps=0, patience=0)
   config.eval_batch_size = 200
 
   config.log_every = 50
@@ -93,4 +104,14 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.compare_seconds = 1.0
   if arg == "compare":  # the students' small_cnn is the teacher's (config.model)
     config_lib.comparison(config, DEGRADATIONS["lowres"], small_model=dict(name="", options={}, init_from=""))
+  if arg == "multires":  # the two experts and the A+B model, then the multires section (cqd_jax/multires.py)
+    config.methods = ("train_a", "a_cqd", "mixture_ab")
+    config.multires = dict(degradation="lowres", high="train_a", low="a_cqd", mixture="mixture_ab", steps=300,
+                           learning_rate=0.01, l2=1e-4)
+  if arg == "compression":
+    small_cnn = lambda widths: dict(name="small_cnn", options=dict(widths=widths), init_from="")
+    config_lib.compression(config, "localize", deep=config.model.to_dict(), small=small_cnn((8, 16, 32, 64)))
+  if arg == "sr":
+    config_lib.super_resolution(config, "crop")
+    config.sr.num_steps = 300
   return config

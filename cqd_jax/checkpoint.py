@@ -66,12 +66,14 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iterator: A
   return manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=force)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: Any | None = None) -> Any | None:
-  """Restores the latest complete step into the structure of `state` (and `data_iterator`, in place).
+def restore_latest(manager: ocp.CheckpointManager, state: Any, data_iterator: Any | None = None, *,
+                   step: int | None = None) -> Any | None:
+  """Restores the latest complete step (or `step`, e.g. manager.best_step()) into the structure of `state`
+  (and `data_iterator`, in place).
 
   Returns the restored state, or None when the directory holds no checkpoint yet.
   """
-  step = manager.latest_step()
+  step = manager.latest_step() if step is None else step
   if step is None:
     return None
   items = {"state": ocp.args.StandardRestore(state)}

@@ -17,8 +17,8 @@ from cqd_jax import fileio
 
 # Keys that change how a run is shown or paced but not its results; they may differ on resume.
 COSMETIC_KEYS = ("progress_bar", "compare", "log_every", "checkpoint_every", "dataset.worker_count", "dataset.cache_mb",
-                 "eval_batch_size",
-                 "keep_checkpoints", "validation_split")
+                 "eval_batch_size", "multires",
+                 "keep_checkpoints", "validation_split", "paper")
 NONFINITE_POLICIES = ("stop", "skip")
 # Compute precision of teacher and student: bfloat16 suits TPUs and recent GPUs; CPUs emulate it slowly.
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
@@ -84,6 +84,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check_number(config, "dataset.cache_mb", float, 0, strict=False)
   if config.get("compare"):
     _check_number(config, "compare_seconds", float, 0, strict=False)
+  if "teacher_training" in config:
+    _check_number(config, "teacher_training.num_steps", int, 0, strict=False)
+    _check_number(config, "teacher_training.patience", int, 0, strict=False)
+    if config.teacher_training.patience and not config.get("validation_split"):
+      raise ConfigError("config key teacher_training.patience needs config.validation_split (the split whose "
+                        "accuracy stops the teacher); set patience=0 for a fixed length")
   if config.augment.crop_margin >= 1:
     raise ConfigError(f"config key augment.crop_margin={config.augment.crop_margin!r} must be < 1")
   losses.get_distill_loss(get(config, "kd.loss"))
@@ -131,6 +137,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     except (ValueError, TypeError) as e:
       raise ConfigError(f"config key {key}: {e}") from None
   _check_streams(config, known)
+  from cqd_jax import view_networks  # pylint: disable=g-import-not-at-top (JAX-heavy)
+  for name in view_networks.needed(config):
+    for key in ("num_steps", "batch_size"):
+      if name in config:
+        _check_number(config, f"{name}.{key}", int, 0, strict=True)
+  if config.get("multires"):
+    from cqd_jax import multires  # pylint: disable=g-import-not-at-top (JAX-heavy)
+    multires.check(config)
 
 
 def _check_streams(config: ml_collections.ConfigDict, known: dict[str, Any]) -> None:
@@ -291,9 +305,13 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128
   config.num_steps = 30 * train_images // 128  # 30 epochs
+  # The teacher (and any network later stages read) trains until validation accuracy has not improved for
+  # `patience` evaluations (one per checkpoint), within num_steps (the learning rate decays over them);
+  # later stages read its best-validation checkpoint, so that it is the upper bound it is in the paper.
+  config.teacher_training = dict(num_steps=40 * train_images // 128, patience=4)
   config.eval_batch_size = 128
   config.log_every = 50
-  config.checkpoint_every = 500
+  config.checkpoint_every = 100  # ~2.4 epochs of CUB, ~1.7 of Cars: also the validation interval
   # Checkpoints every checkpoint_every steps and at the end; the latest keep_checkpoints are kept, plus the
   # one scoring best on validation_split ("" = no validation while training; results use the last model).
   config.keep_checkpoints = 2
@@ -330,6 +348,39 @@ def comparison(config: ml_collections.ConfigDict, degradation: dict[str, str], *
   return config
 
 
+# Model compression with CQD (the paper's Table 2): train on A, on B and CQD for each architecture, and CQD
+# from the deep A model into the small network on B.
+COMPRESSION_METHODS = ("train_a", "train_b", "cqd", "train_a_small", "train_b_small", "cqd_small", "cqd_to_small")
+
+
+def compression(config: ml_collections.ConfigDict, degradation: str, *, deep: dict[str, Any], small: dict[str, Any]
+                ) -> ml_collections.ConfigDict:
+  """`config` as the compression experiment on its degradation `degradation`: COMPRESSION_METHODS with
+  config.model = `deep` (train_a, train_b, cqd) and config.small_model = `small` (the *_small methods); the
+  table compression.md names the architectures by their model names."""
+  config.methods = COMPRESSION_METHODS
+  config.degradations = {degradation: config.degradations[degradation]}
+  config.model = deep
+  config.teacher_model = dict(name="", options={}, init_from="")
+  config.small_model = small
+  return config
+
+
+def super_resolution(config: ml_collections.ConfigDict, view_a: str) -> ml_collections.ConfigDict:
+  """`config` as the paper's Table 4: A = `view_a`; B upsampled bicubically ("lowres", at degrade_params'
+  low resolution) and by a trained SRCNN ("lowres_sr", from 56/224 of image_size: the network's x4, as the
+  paper's); train_a (tested on A: the upper bound), train_b and a_cqd on each. The SRCNN is trained first,
+  as stage `sr` (view_networks.DEFAULTS["sr"], config.sr)."""
+  from cqd_jax import view_networks  # pylint: disable=g-import-not-at-top (JAX-heavy)
+
+  config.degradations = {"lowres": {"a": view_a, "b": f"{view_a}+lowres"},
+                         "lowres_sr": {"a": view_a, "b": f"{view_a}+lowres_sr"}}
+  config.degrade_params.lowres_sr = {"low": max(1, round(config.image_size * 56 / 224))}
+  config.methods = ("train_a", "train_b", "a_cqd")
+  config.sr = dict(view_networks.DEFAULTS["sr"])
+  return config
+
+
 def pick_degradations(arg: str, known: dict[str, dict[str, str]], config_file: str) -> dict[str, dict[str, str]]:
   """The degradations a config argument names (comma-separated), e.g. `configs/demo.py:lowres,edges`."""
   names = [n.strip() for n in arg.split(",") if n.strip()]
@@ -360,8 +411,9 @@ def cpu_subset_base(dataset: str, manual_dir: str, *, train_images: int, distill
   config.batch_size = 32
   config.eval_batch_size = 64
   config.num_steps = epochs * train_images // config.batch_size
+  config.teacher_training = dict(num_steps=2 * config.num_steps, patience=3)
   config.log_every = 10
-  config.checkpoint_every = 50
+  config.checkpoint_every = 25  # ~1.2 epochs: also the validation interval that stops the teacher
   return config
 
 

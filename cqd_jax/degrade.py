@@ -17,10 +17,16 @@ small pure ops, registered by name in `OPS`, all with one signature:
 `size` and the params are static Python values: bind them (e.g. with
 `functools.partial`) and the op is pure and jit-able. `make_view("crop+lowres",
 size, params)` composes ops left to right into one jit-able
-`(images, boxes, key) -> (images, boxes)` function; the first op sees the raw
-stored image and every op outputs size x size.
+`(images, boxes, key, variables=None) -> (images, boxes)` function; the first op
+sees the raw stored image and every op outputs size x size.
 
-Ops: full, identity, crop, lowres, edges (1 = edge on a 0 background),
+Ops registered in `NETWORK_OPS` instead take one more keyword, `variables`: a
+trained network's, passed in at call time (`view(..., variables={"sr": ...})`)
+so that they are arguments of a compiled step, not constants baked into it;
+`needs_variables(spec)` names the networks a view reads.
+
+Ops: full, identity, crop, lowres, lowres_sr (lowres, then the SRCNN of the
+'sr' network: the paper's appendix A), edges (1 = edge on a 0 background),
 distort (thin-plate-spline warp), grayscale.
 """
 
@@ -34,8 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cqd_jax.models import srcnn
+
 Op = Callable[..., tuple[jax.Array, jax.Array]]
-View = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# (images, boxes, key, variables=None) -> (images, boxes); `variables` maps network names to their variables.
+View = Callable[..., tuple[jax.Array, jax.Array]]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights, as PIL's "L" mode.
@@ -130,6 +139,14 @@ def lowres(images: jax.Array, boxes: jax.Array, key: jax.Array, *, size: int,
   if low is None:
     low = max(1, round(size * 50 / _PAPER_SIZE))
   return _resize(_resize(images, low, "cubic"), size, "cubic"), boxes
+
+
+def lowres_sr(images: jax.Array, boxes: jax.Array, key: jax.Array, *, size: int,
+              low: int | None = None,
+              variables: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+  """`lowres`, then the SRCNN in `variables` (trained by `cqd_jax.sr.train`) refines its bicubic upsampling."""
+  images, boxes = lowres(images, boxes, key, size=size, low=low)
+  return srcnn.enhance(variables, images), boxes
 
 
 def grayscale(images: jax.Array, boxes: jax.Array, key: jax.Array, *,
@@ -297,34 +314,50 @@ OPS: dict[str, Op] = {
 # Ops whose output depends on the key; every other op is a function of the image and box alone.
 RANDOM_OPS = frozenset({"distort"})
 
+# Ops that also read a trained network: name -> (op, the key of the network's variables in a view's `variables`
+# argument, also the name of the stage that trains it). Kept out of OPS, whose ops need only images, boxes, key.
+NETWORK_OPS: dict[str, tuple[Op, str]] = {"lowres_sr": (lowres_sr, "sr")}
+
 
 def is_random(spec: str) -> bool:
   """Whether the view `spec` (e.g. "crop+distort") draws random numbers, i.e. is not a fixed function."""
   return any(name.strip() in RANDOM_OPS for name in spec.split("+"))
 
 
+def needs_variables(spec: str) -> tuple[str, ...]:
+  """Networks whose variables the view `spec` reads (e.g. ("sr",) for "crop+lowres_sr"), in order of first use."""
+  names = [name.strip() for name in spec.split("+")]
+  return tuple(dict.fromkeys(NETWORK_OPS[name][1] for name in names if name in NETWORK_OPS))
+
+
+def _find_op(name: str) -> Op | None:
+  """The op registered as `name` in OPS or NETWORK_OPS, else None."""
+  return OPS[name] if name in OPS else NETWORK_OPS[name][0] if name in NETWORK_OPS else None
+
+
 def _known_ops() -> str:
   """Comma-separated registry names, for error messages."""
-  return ", ".join(sorted(OPS))
+  return ", ".join(sorted({*OPS, *NETWORK_OPS}))
 
 
 def _param_names(op: Op) -> tuple[str, ...]:
-  """Keyword params an op takes besides `size`."""
+  """Keyword params an op takes besides `size` and the network `variables` given at call time."""
   return tuple(p.name for p in inspect.signature(op).parameters.values()
-               if p.kind is p.KEYWORD_ONLY and p.name != "size")
+               if p.kind is p.KEYWORD_ONLY and p.name not in ("size", "variables"))
 
 
 def _bind(name: str, size: int, params: Mapping[str, Any]) -> Op:
-  """Returns OPS[name] with size and params bound, after checking both names."""
-  if name not in OPS:
+  """Returns op `name` with size and params bound, after checking both names."""
+  op = _find_op(name)
+  if op is None:
     raise ValueError(f"unknown degrade op '{name}'; known ops: {_known_ops()}")
-  known = _param_names(OPS[name])
+  known = _param_names(op)
   for key in params:
     if key not in known:
       raise ValueError(
           f"degrade param '{name}.{key}' is not known; "
           f"{name} takes: {', '.join(known) or 'no params'}")
-  return functools.partial(OPS[name], size=size, **dict(params))
+  return functools.partial(op, size=size, **dict(params))
 
 
 def make_view(spec: str, size: int,
@@ -333,7 +366,8 @@ def make_view(spec: str, size: int,
 
   `params[op_name]` holds that op's keyword params; entries for ops that are
   not in `spec` are allowed (so views can share one params dict) but must name
-  known ops. Op i gets `jax.random.fold_in(key, i)`.
+  known ops. Op i gets `jax.random.fold_in(key, i)`. Ops in `NETWORK_OPS` get
+  `variables=variables[NETWORK_OPS[name][1]]`; a view that needs them raises ValueError without them.
   """
   names = [name.strip() for name in spec.split("+")]
   if not all(names):
@@ -342,15 +376,23 @@ def make_view(spec: str, size: int,
         f"write e.g. 'crop+lowres' using: {_known_ops()}")
   params = params or {}
   for name in params:
-    if name not in OPS:
+    if _find_op(name) is None:
       raise ValueError(
           f"unknown degrade op '{name}' in params; known ops: {_known_ops()}")
   ops = [_bind(name, size, params.get(name, {})) for name in names]
+  networks = [NETWORK_OPS[name][1] if name in NETWORK_OPS else None for name in names]
+  needed = needs_variables(spec)
 
-  def view(images: jax.Array, boxes: jax.Array,
-           key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    for i, op in enumerate(ops):
-      images, boxes = op(images, boxes, jax.random.fold_in(key, i))
+  def view(images: jax.Array, boxes: jax.Array, key: jax.Array,
+           variables: Mapping[str, Any] | None = None) -> tuple[jax.Array, jax.Array]:
+    missing = [net for net in needed if net not in (variables or {})]
+    if missing:
+      raise ValueError(
+          f"degrade view {spec!r} needs the trained network(s) {missing}, made by the stage(s) of the same "
+          f"name: call it as view(images, boxes, key, variables={{{missing[0]!r}: ...}})")
+    for i, (op, net) in enumerate(zip(ops, networks)):
+      extra = {"variables": variables[net]} if net else {}
+      images, boxes = op(images, boxes, jax.random.fold_in(key, i), **extra)
     return images, boxes
 
   return view

@@ -41,9 +41,11 @@ from cqd_jax import methods
 from cqd_jax import input_pipeline
 from cqd_jax import models
 from cqd_jax import multihost
+from cqd_jax import multires
 from cqd_jax import pretrained
 from cqd_jax import results
 from cqd_jax import train
+from cqd_jax import view_networks
 from cqd_jax import writers
 from cqd_jax.data import registry
 
@@ -165,12 +167,14 @@ class Runner:
     train.check_batch_size(config.batch_size)
     train.check_batch_size(config.eval_batch_size, "eval_batch_size")
     self.known = methods.all_methods(config)
+    self.sources = {source for s in plan(config) for _, source in s.sources}  # stages later stages read
     self._networks: dict[str, Any] = {}
     self._methods: dict[str, methods.Method] = {}
     self._shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     self._eval_fns: dict[tuple[str, int, str, str], Any] = {}
     self._teacher_tables: dict[tuple[str, str, int], Any] = {}
     self.timing: list[dict[str, Any]] = []
+    self.view_networks: dict[str, Any] = {}  # the networks the views read (view_networks.prepare)
 
   def stage_dir(self, stage: Stage) -> str:
     return stage_dir(self.workdir, stage)
@@ -220,10 +224,20 @@ class Runner:
     s = self._trained(stage)
     return self.network(s.model), s.image_size
 
+  def length(self, stage: Stage) -> tuple[int, int]:
+    """(steps, patience) of a stage. A network later stages read (the teacher, the assistant) trains for at
+    most config.teacher_training.num_steps (0: config.num_steps) and stops once validation accuracy has not
+    improved for `patience` evaluations (0: never); later stages then read its best-validation checkpoint.
+    Every other stage trains config.num_steps."""
+    section = self.config.get("teacher_training")
+    if stage.name not in self.sources or section is None:
+      return self.config.num_steps, 0
+    return section.num_steps or self.config.num_steps, section.patience
+
   def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
     """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from),
     with the method's adapters freshly initialised."""
-    tx, _ = train.make_optimizer(self.config.optimizer, self.config.num_steps)
+    tx, _ = train.make_optimizer(self.config.optimizer, self.length(stage)[0])  # the schedule spans the cap
     seed = jax.random.key(self.config.seed)
     rng = jax.random.fold_in(seed, _stable_hash(stage.name))  # initialisation
     step_rng = jax.random.fold_in(seed, 1 + _stable_hash(stage.name))  # augmentation and views, per step
@@ -242,9 +256,11 @@ class Runner:
                                    track_best=bool(self.config.validation_split))
 
   def final_variables(self, stage: Stage) -> dict[str, Any]:
-    """The trained model of a finished stage (without adapters), read back from its last checkpoint."""
+    """The trained model of a finished stage (without adapters), read back from its last checkpoint, or its
+    best-validation one if it stops early (`length`)."""
     manager = self._manager(stage)
-    state = checkpoint.restore_latest(manager, self._template(stage, init_from=""))  # only the tree shape
+    step = manager.best_step() if self.length(stage)[1] else None
+    state = checkpoint.restore_latest(manager, self._template(stage, init_from=""), step=step)  # tree shape only
     manager.close()
     if state is None:
       raise checkpoint.CheckpointError(f"stage {stage.name} has no checkpoint in {self.stage_dir(stage)}")
@@ -276,13 +292,16 @@ class Runner:
     return out
 
   def train(self, stage: Stage, weights: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trains `stage` to config.num_steps, resuming from its latest checkpoint; `weights` holds the trained
+    """Trains `stage` for its `length`, resuming from its latest checkpoint; `weights` holds the trained
     variables of its source stages, by stage name.
 
-    Returns its variables and a summary (best validation step and accuracy, skipped updates). SIGTERM or
-    SIGINT saves a checkpoint and raises checkpoint.Preempted; the same call later resumes from it.
+    Returns its variables (the best-validation ones if it stops early) and a summary (steps trained, best
+    validation step and accuracy, skipped updates). Each validation accuracy is appended to the stage's
+    validation.json. SIGTERM or SIGINT saves a checkpoint and raises checkpoint.Preempted; the same call
+    later resumes from it.
     """
     config, method = self.config, self.method(stage)
+    num_steps, patience = self.length(stage)
     student = method.stream(method.student)
     init = weights[stage.source(student.source)] if student.source else None
     state = self._template(stage, init)
@@ -298,6 +317,8 @@ class Runner:
       state = restored
       say(f"stage {stage.name}: resuming from step {int(state.step)}")
     start = int(state.step)
+    history_path = os.path.join(self.stage_dir(stage), "validation.json")
+    history = [h for h in _read_json(history_path, []) if h["step"] <= start]
     state = train.replicate(state, self.mesh)
     views = self._views(stage, method)
     frozen, frozen_apply = {}, {}
@@ -308,6 +329,8 @@ class Runner:
         frozen[name] = self._teacher_table(stage, source, weights[source], s, views[s.view, s.image_size])
       else:
         frozen[name], frozen_apply[name] = weights[source], self.network(s.model).apply
+    if self.view_networks:
+      frozen[train.VIEW_NETWORKS] = self.view_networks
     frozen = train.replicate(frozen, self.mesh)
     step_fn = train.jit_train_step(
         self.mesh, method=method, views=views, frozen_apply=frozen_apply,
@@ -315,29 +338,34 @@ class Runner:
         flip=config.augment.flip, crop_margin=config.augment.crop_margin, ynn_fusions=config.xla_cpu_ynn_fusions)
     writer = (writers.MetricWriter(os.path.join(self.workdir, "tensorboard", stage.dirname),
                                    log=False) if multihost.is_primary() else writers.NullWriter())
-    bar = tqdm.tqdm(total=config.num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
+    bar = tqdm.tqdm(total=num_steps, initial=start, desc=f"{stage.name:>22s}", unit="step",
                     dynamic_ncols=True, leave=True, disable=not config.progress_bar or not multihost.is_primary())
     t0, seen = time.time(), 0
+    done = start
+    last = start if _plateaued(history, patience) else num_steps  # stopped early before a preemption
     with _stop_signals() as received:
-      for step in range(start, config.num_steps):
+      for step in range(start, last):
         batch = train.shard_batch(next(data_iter), self.mesh)
         state, metrics = step_fn(state, frozen, batch)
         seen += config.batch_size
         bar.update(1)
         done = step + 1
-        if done % config.log_every == 0 or done == config.num_steps:
+        if done % config.log_every == 0 or done == num_steps:
           self._check_finite(stage, state, manager)
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           scalars["img_per_s"] = seen / (time.time() - t0)
           writer.write_scalars(done, scalars)
           bar.set_postfix(loss=f"{scalars['loss']:.3f}", acc=f"{scalars['accuracy']:.2f}",
                           ips=f"{scalars['img_per_s']:.0f}")
-        stop = _stop_requested(received, done, config)
-        if stop or done == config.num_steps or manager.should_save(done):
+        stop = _stop_requested(received, done, config, num_steps)
+        if stop or done == num_steps or manager.should_save(done):
           self._check_finite(stage, state, manager)
           val = self._validate(stage, state) if config.validation_split else None
           if val is not None:
             writer.write_scalars(done, val)
+            history.append({"step": done, "accuracy": val[checkpoint.BEST_METRIC]})
+            if multihost.is_primary():
+              fileio.write_text(history_path, json.dumps(history))
           checkpoint.save(manager, done, jax.device_get(state), data_iter, metrics=val, force=True)
         if stop:  # also at the last step: the next stages must not start
           manager.wait_until_finished()
@@ -347,19 +375,26 @@ class Runner:
           raise checkpoint.Preempted(
               f"stage {stage.name}: stopped by {by} at step {done}; checkpoint {manager.directory}/{done} saved; "
               "run the same command again to resume", signum)
+        if _plateaued(history, patience):
+          break
     bar.close()
     skipped = self._check_finite(stage, state, manager)
-    if start < config.num_steps:
+    if start < done:
       elapsed = time.time() - t0
-      say(f"stage {stage.name}: {config.num_steps - start} steps in {elapsed:.1f}s ({seen / elapsed:.0f} img/s)"
-          + (f", {skipped} non-finite updates skipped" if skipped else ""))
+      say(f"stage {stage.name}: {done - start} steps in {elapsed:.1f}s ({seen / elapsed:.0f} img/s)"
+          + (f", {skipped} non-finite updates skipped" if skipped else "")
+          + (f"; stopped early: no better validation accuracy in the last {patience} evaluations" if done < num_steps
+             else ""))
     manager.wait_until_finished()
     best = manager.best_step() if config.validation_split else None
-    summary = {"skipped_updates": skipped, "best_step": best,
-               "best_val_accuracy": _metric(manager, best)}
+    summary = {"skipped_updates": skipped, "steps_trained": int(state.step), "max_steps": num_steps,
+               "best_step": best, "best_val_accuracy": _metric(manager, best)}
+    variables = jax.device_get(state.variables)
+    if patience:  # later stages and the results read the best-validation model
+      variables = checkpoint.restore_latest(manager, self._template(stage, init_from=""), step=best).variables
     manager.close()
     writer.close()
-    return jax.device_get(state.variables), summary
+    return variables, summary
 
   def _teacher_table(self, stage: Stage, source: str, variables: dict[str, Any], s: methods.Stream, view) -> Any:
     """A frozen stream's logits on its view of every training record, both flips (train.teacher_logits_table),
@@ -396,13 +431,14 @@ class Runner:
     config = self.config
     eval_fn = self._eval_fn(stage, view_b)
     variables = train.replicate(variables, self.mesh)
+    networks = train.replicate(self.view_networks, self.mesh) if self.view_networks else None
     total = None
     split = split or config.eval_split
     batches = input_pipeline.eval_batches(self.data.builder, split, batch_size=config.eval_batch_size,
                                           image_size=config.dataset.storage_size or None)
     t0 = time.time()
     for i, batch in enumerate(batches):
-      m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i))
+      m = eval_fn(variables, train.shard_batch(batch, self.mesh), jax.random.key(i), networks)
       total = m if total is None else total.merge(m)
     out = {k: float(v) for k, v in total.compute().items()}  # waits for the last batch
     seconds = time.time() - t0
@@ -459,13 +495,30 @@ def init_adapters(method: methods.Method, shapes: dict[str, tuple[int, ...]], rn
   return out
 
 
-def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict) -> bool:
+def _plateaued(history: list[dict[str, float]], patience: int) -> bool:
+  """Whether the last `patience` validation accuracies (history: [{step, accuracy}]) are all below the best
+  one before them, i.e. an early-stopped stage is done; never with patience 0."""
+  if not patience or len(history) <= patience:
+    return False
+  accuracies = [h["accuracy"] for h in history]
+  return max(accuracies[-patience:]) <= max(accuracies[:-patience])
+
+
+def _read_json(path: str, default: Any) -> Any:
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
+def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict, num_steps: int | None = None
+                    ) -> bool:
   """Whether to save and stop after step `done`: at once when a signal came, in a single process. The
   processes of a multi-host run must all stop after the same step, so there a signal to any of them is
   shared every log_every steps and at the last step (one small collective, where metrics are fetched anyway)."""
   if jax.process_count() == 1:
     return bool(received)
-  if done % config.log_every and done != config.num_steps:
+  if done % config.log_every and done != (num_steps or config.num_steps):
     return False
   return multihost.any_process(bool(received))
 
@@ -505,6 +558,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   """Runs (or resumes) every stage of `config` in `workdir` and writes the results table."""
   data = prepare_data(config, workdir)
   runner = Runner(config, workdir, data)
+  runner.view_networks = view_networks.prepare(config, workdir, data.builder, say)
   stages = plan(config)
   by_name = {s.name: s for s in stages}
   needed = {source for s in stages for _, source in s.sources}
@@ -537,13 +591,24 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
     rows.extend(stage_rows)
   if multihost.is_primary():
     shown = list(dict.fromkeys([*(s.method for s in stages if s.method not in config.methods), *config.methods]))
+    curves = {s.name: curve for s in stages if s.name in runner.sources
+              if (curve := _read_json(os.path.join(runner.stage_dir(s), "validation.json"), []))}
     results.write_tables(rows, list(config.degradations), shown, workdir,
-                         tested_on_a={s.method for s in stages if s.shared})
+                         tested_on_a={s.method for s in stages if s.shared}, curves=curves)
     results.write_timing(runner.timing, workdir)
+    if any(m in config.methods for m in ("cqd_small", "cqd_to_small")):
+      names = {"deep": config.model.name, "small": config[methods.model_key(methods.Stream("b", model="small_model"),
+                                                                            config)].name}
+      if names["deep"] == names["small"]:  # one architecture at two widths (the demo)
+        names = {role: f"{name} ({role})" for role, name in names.items()}
+      paper = config.get("paper", {}).get("results")
+      results.write_compression(rows, names, workdir, paper and dict(paper))
   if config.get("compare"):
     speeds = runner.inference_speeds([s for s in stages if any(r["stage"] == s.name for r in rows)], trained)
     if multihost.is_primary():
       results.write_comparison(rows, list(config.methods), speeds, workdir, machine_name())
+  if config.get("multires"):  # the multi-resolution model of the paper's Table 3, from the finished stages
+    multires.write(runner, stages, trained)
   return rows
 
 

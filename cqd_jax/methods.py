@@ -166,6 +166,15 @@ METHODS: dict[str, Method] = {
     "a_cqd": Method((_student("b", TEACHER_METHOD), TEACHER_ON_A), (CE, KD),
                     "CQD with the student initialised from the A model (A,CQD)"),
     "mixture_ab": Method((_student("ab"),), (CE,), "train on A and B together (the paper's A+B)"),
+    # Model compression with CQD (the paper's Table 2): the small network (config.small_model) on A, on B, and
+    # on B distilled from the small A model or from train_a's (deep) one.
+    "train_a_small": Method((_student("a", model="small_model"),), (CE,), "the small network on A"),
+    "train_b_small": Method((_student("b", model="small_model"),), (CE,), "the small network on B"),
+    "cqd_small": Method((_student("b", model="small_model"), ("teacher", Stream("a", source="train_a_small",
+                                                                                cache="cache_teacher"))),
+                        (CE, KD), "CQD between small networks (teacher: train_a_small)"),
+    "cqd_to_small": Method((_student("b", model="small_model"), TEACHER_ON_A), (CE, KD),
+                           "CQD and compression: the small network on B from train_a's network on A"),
     "train_b_low": Method((LOW_RES_STUDENT,), (CE,), "the small network on B at its low resolution, labels only"),
     "kd": Method((LOW_RES_STUDENT, TEACHER_ON_A), (CE, KD), "the low-resolution student, KD from the A model"),
     ASSISTANT_METHOD: Method(

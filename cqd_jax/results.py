@@ -83,20 +83,63 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
 
 
 def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str], workdir: str,
-                 tested_on_a: Collection[str] = ("train_a",)) -> str:
-  """Writes results.csv (one row per degradation and method), results.md and results.png; returns the Markdown."""
+                 tested_on_a: Collection[str] = ("train_a",), curves: dict[str, Sequence[Row]] | None = None) -> str:
+  """Writes results.csv (one row per degradation and method), results.md and results.png, and with `curves`
+  (the validation accuracies of the teachers, by stage) their training lengths and validation.png; returns
+  the Markdown."""
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=["degradation", "method", "stage", "accuracy_a", "accuracy_b",
-                                               "best_step", "best_val_accuracy", "skipped_updates", "params",
-                                               "flops_per_image", "model", "input_px"])
+                                               "steps_trained", "max_steps", "best_step", "best_val_accuracy",
+                                               "skipped_updates", "params", "flops_per_image", "model", "input_px"])
   writer.writeheader()
   writer.writerows(rows)
   md = (markdown(rows, degradations, methods, tested_on_a) + "\nModels (FLOPs: XLA's count for one image):\n\n"
         + models_markdown(rows))
+  if curves:
+    md += ("\nThe networks later stages read, each trained to its best validation accuracy within a cap "
+           "(validation.png):\n\n" + lengths_markdown(rows, curves))
+    plot_validation(curves, os.path.join(workdir, "validation.png"))
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
     fileio.write_text(os.path.join(workdir, name), text)
   plot(rows, degradations, methods, os.path.join(workdir, "results.png"), tested_on_a)
   return md
+
+
+def lengths_markdown(rows: Sequence[Row], curves: dict[str, Sequence[Row]]) -> str:
+  """One line per stage of `curves` (the teachers): steps trained of its cap, the best validation step and
+  accuracy, and the number of validation evaluations."""
+  out = ["| stage | steps trained | cap | best step | best validation top-1 (%) | evaluations |",
+         "|---|---|---|---|---|---|"]
+  by_stage = {r["stage"]: r for r in rows}
+  for stage, curve in curves.items():
+    r = by_stage.get(stage, {})
+    best = r.get("best_val_accuracy")
+    out.append(f"| {stage} | {r.get('steps_trained', '-')} | {r.get('max_steps', '-')} | {r.get('best_step', '-')} | "
+               f"{'-' if best is None else f'{100 * best:.1f}'} | {len(curve)} |")
+  return "\n".join(out) + "\n"
+
+
+def plot_validation(curves: dict[str, Sequence[Row]], path: str) -> None:
+  """Validation accuracy against step for each stage of `curves` ([{step, accuracy}]), its best point marked."""
+  import matplotlib  # Imported here: only needed when a run finishes.
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.4))
+  for stage, curve in curves.items():
+    steps, acc = [h["step"] for h in curve], [100 * h["accuracy"] for h in curve]
+    line, = ax.plot(steps, acc, marker=".", label=stage)
+    if acc:
+      best = max(range(len(acc)), key=acc.__getitem__)
+      ax.plot([steps[best]], [acc[best]], "o", mfc="none", ms=10, color=line.get_color())
+  ax.set_title("Validation accuracy while training (circle: the model used)")
+  ax.set_xlabel("step")
+  ax.set_ylabel("top-1 accuracy (%)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  with fileio.atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=120)
+  plt.close(fig)
 
 
 def write_timing(timing: Sequence[Row], workdir: str) -> None:
@@ -160,4 +203,40 @@ def write_comparison(rows: Sequence[Row], methods: Sequence[str], speeds: dict[s
         f"passes on {machine}, timed one after another in one run).\n\n" + comparison_markdown(lines))
   fileio.write_text(os.path.join(workdir, "comparison.csv"), buf.getvalue())
   fileio.write_text(os.path.join(workdir, "comparison.md"), md)
+  return md
+
+
+# The paper's Table 2 (model compression with CQD): f -> g, then the methods of its columns A -> A, B -> B and
+# CQD -> B (None: no such cell).
+COMPRESSION_ROWS = ((("small", "small"), ("train_a_small", "train_b_small", "cqd_small")),
+                    (("deep", "small"), (None, None, "cqd_to_small")),
+                    (("deep", "deep"), ("train_a", "train_b", "cqd")))
+
+
+def compression_markdown(rows: Sequence[Row], names: dict[str, str], paper: dict[str, float] | None = None) -> str:
+  """The paper's Table 2 per degradation: top-1 (%) on the test split of train on A tested on A, train on B
+  and CQD tested on B, for each teacher -> student pair (`names`: the deep and small models' names); the
+  paper's number in brackets where `paper` ("<degradation>/<method>/<test>" -> %) has it."""
+  out = []
+  for deg in dict.fromkeys(r["degradation"] for r in rows):
+    by_method = {r["method"]: r for r in rows if r["degradation"] == deg}
+    out += [f"{deg}:\n", "| f -> g | A -> A | B -> B | CQD -> B |", "|---|---|---|---|"]
+    for (f, g), cells in COMPRESSION_ROWS:
+      shown = []
+      for method, test in zip(cells, "abb"):
+        r = by_method.get(method)
+        cell = "-" if r is None else f"{100 * r[f'accuracy_{test}']:.1f}"
+        ref = (paper or {}).get(f"{deg}/{method}/{test}")
+        shown.append(cell + ("" if ref is None else f" ({ref:.1f})"))
+      out.append(f"| {names[f]} -> {names[g]} | " + " | ".join(shown) + " |")
+    out.append("")
+  return "\n".join(out)
+
+
+def write_compression(rows: Sequence[Row], names: dict[str, str], workdir: str, paper: dict[str, float] | None = None
+                      ) -> str:
+  """Writes compression.md (compression_markdown); returns it."""
+  md = ("Model compression with CQD (the paper's Table 2): top-1 (%) on the test split"
+        + (", the paper's in brackets" if paper else "") + ".\n\n" + compression_markdown(rows, names, paper))
+  fileio.write_text(os.path.join(workdir, "compression.md"), md)
   return md

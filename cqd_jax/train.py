@@ -53,6 +53,8 @@ class TrainState(train_state.TrainState):
 
 # The key of state.params under which a method's trainable adapters (models.ADAPTERS) keep their parameters.
 ADAPTERS = "adapters"
+# The key of train_step's `frozen` under which the views' networks (degrade.NETWORK_OPS) come.
+VIEW_NETWORKS = "view_networks"
 
 
 # ----------------------------------------------------------------------------------------------- optimizer
@@ -170,7 +172,8 @@ def train_step(state: TrainState, frozen: Mapping[str, Any], batch: Mapping[str,
   (`views[(view, size)]`, each made once), the frozen streams' forward passes (`frozen_apply[name]` on
   `frozen[name]`, eval mode, no gradient), the student's forward/backward, the sum of the weighted loss terms
   (through `adapters[term.metric]`, whose parameters are the state's params["adapters"]) and the update.
-  An "image.<view>" input is that view at `method.image_size`, normalised.
+  An "image.<view>" input is that view at `method.image_size`, normalised. `frozen[VIEW_NETWORKS]` holds the
+  variables of the networks a view reads (degrade.NETWORK_OPS, e.g. {"sr": ...}), arguments of the step.
   Metrics: "loss", "grad_norm", "skipped", "accuracy", each term's batch mean under its metric name, and
   "<frozen stream>_agreement" (top-1 agreement with the student).
 
@@ -200,7 +203,8 @@ def train_step(state: TrainState, frozen: Mapping[str, Any], batch: Mapping[str,
         pick_a = jax.random.bernoulli(k_mix, 0.5, (images.shape[0],))[:, None, None, None]
         made[letter, size] = jnp.where(pick_a, view("a", size), view("b", size))
       else:
-        made[letter, size] = views[letter, size](images, boxes, k_a if letter == "a" else k_b)[0]
+        made[letter, size] = views[letter, size](images, boxes, k_a if letter == "a" else k_b,
+                                                 frozen.get(VIEW_NETWORKS))[0]
     return made[letter, size]
 
   outputs = {"label": batch["label"]}
@@ -294,13 +298,15 @@ class EvalMetrics(clu_metrics.Collection):
   accuracy_b: clu_metrics.Average.from_fun(lambda logits_b, labels, **_: _correct(logits_b, labels))
 
 
-def eval_step(variables: Variables, batch: Mapping[str, jax.Array], rng: jax.Array, *, apply_fn: Callable,
-              view_a: View, view_b: View) -> EvalMetrics:
-  """Accuracy on A and on B for one padded batch (`mask` marks real examples)."""
+def eval_step(variables: Variables, batch: Mapping[str, jax.Array], rng: jax.Array,
+              view_networks: Mapping[str, Variables] | None = None, *, apply_fn: Callable, view_a: View, view_b: View
+              ) -> EvalMetrics:
+  """Accuracy on A and on B for one padded batch (`mask` marks real examples); `view_networks`: the variables
+  of the networks the views read (train_step's frozen[VIEW_NETWORKS])."""
   images, boxes = to_float(batch["image"]), batch["bbox"]
   k_a, k_b = jax.random.split(rng)
-  logits_a = apply_fn(variables, view_a(images, boxes, k_a)[0], train=False)
-  logits_b = apply_fn(variables, view_b(images, boxes, k_b)[0], train=False)
+  logits_a = apply_fn(variables, view_a(images, boxes, k_a, view_networks)[0], train=False)
+  logits_b = apply_fn(variables, view_b(images, boxes, k_b, view_networks)[0], train=False)
   return EvalMetrics.single_from_model_output(logits_a=logits_a, logits_b=logits_b, labels=batch["label"],
                                               mask=batch["mask"])
 
@@ -398,5 +404,5 @@ def jit_one_model_step(mesh: Mesh, method: Method, *, model: nn.Module, view_a: 
 def jit_eval_step(mesh: Mesh, *, ynn_fusions: str = "", **static) -> Callable:
   """Compiles `eval_step` for `mesh`."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  return jax.jit(functools.partial(eval_step, **static), in_shardings=(replicated, data, replicated),
+  return jax.jit(functools.partial(eval_step, **static), in_shardings=(replicated, data, replicated, replicated),
                  out_shardings=replicated, compiler_options=compiler_options(ynn_fusions))

@@ -404,13 +404,13 @@ signals = [int(s) for s in sys.argv.pop(1).split(",")]
 checkpoint = sys.argv.pop(1)
 stop_requested = experiment._stop_requested
 
-def signal_at_step(received, done, config):
+def signal_at_step(received, done, config, *rest):
   if done == {step}:
     while not os.path.isdir(checkpoint):
       time.sleep(0.01)
     for signum in signals:
       os.kill(os.getpid(), signum)
-  return stop_requested(received, done, config)
+  return stop_requested(received, done, config, *rest)
 
 experiment._stop_requested = signal_at_step
 main.run()

@@ -52,9 +52,10 @@ def test_results_table_rows_and_files(tmp_path):
                         "| c | cqd | 11.7 M | 3.37 G |"]
   assert (tmp_path / "results.md").read_text() == md
   csv_lines = (tmp_path / "results.csv").read_text().splitlines()
-  assert csv_lines[0] == ("degradation,method,stage,accuracy_a,accuracy_b,best_step,best_val_accuracy,"
-                          "skipped_updates,params,flops_per_image,model,input_px") and len(csv_lines) == 3
-  assert csv_lines[1] == "lowres,train_a,t,0.9,0.2,,,,,,," and csv_lines[2] == ("lowres,cqd,c,0.3,0.55,4,0.5,0,"
-                                                                                 "11689512,3373826816.0,,")
+  assert csv_lines[0] == ("degradation,method,stage,accuracy_a,accuracy_b,steps_trained,max_steps,best_step,"
+                          "best_val_accuracy,skipped_updates,params,flops_per_image,model,input_px")
+  assert len(csv_lines) == 3
+  assert csv_lines[1] == "lowres,train_a,t,0.9,0.2,,,,,,,,," and csv_lines[2] == ("lowres,cqd,c,0.3,0.55,,,4,0.5,0,"
+                                                                                   "11689512,3373826816.0,,")
   assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]

@@ -3,6 +3,7 @@
 import glob
 import importlib.util
 import os
+import pathlib
 
 import pytest
 
@@ -18,8 +19,14 @@ LOW_RES_CONFIGS = {"cub_lowres_compare": ("train_a", "pd_assistant", "train_b", 
                    "cub_lowres_pixel_distillation": ("train_a", "pd_assistant", "train_b_low", "pixel_distillation",
                                                      "pixel_distillation_isr"),
                    "cub_lowres_horkd": ("train_a", "pd_assistant", "train_b_low", "kd", "horkd")}
+# The paper's other tables: their configs and the stages they train.
+OTHER_TABLES = {"cub_compression": 7, "cars_multires": 3, "cub_sr": 5, "cars_sr": 5}
 PAPER_CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "c*_*.py"))
-                       if not p.endswith("_subset.py") and os.path.basename(p)[:-3] not in LOW_RES_CONFIGS)
+                       if not p.endswith("_subset.py") and os.path.basename(p)[:-3] not in {*LOW_RES_CONFIGS,
+                                                                                            *OTHER_TABLES})
+# The configs that give the paper's numbers to cqd_jax.report.
+WITH_PAPER_NUMBERS = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                            if "config.paper = " in pathlib.Path(p).read_text())
 SUBSET_CONFIGS = {"cub_subset": ("localization", "lowres", "edges", "distortion", "localization_lowres"),
                   "cars_subset": ("lowres", "edges")}
 
@@ -51,6 +58,31 @@ def test_paper_config_has_the_papers_protocol(path):
   assert deg.a == ("crop" if is_cub else "full")
   stages = [s.name for s in experiment.plan(config)]
   assert stages[0].startswith("train_a@") and len(stages) == 6
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_TABLES))
+def test_other_table_configs_validate(name):
+  config = _load(os.path.join(REPO, "configs", f"{name}.py"))
+  config_lib.validate(config)
+  assert len(experiment.plan(config)) == OTHER_TABLES[name] and config.paper.results
+
+
+def test_the_table_1_and_poster_configs_have_the_papers_numbers():
+  names = {os.path.basename(p)[:-3] for p in WITH_PAPER_NUMBERS}
+  assert names >= {"cub_localization", "cub_lowres", "cars_lowres", "cub_edges", "cars_edges", "cub_distortion",
+                   "cub_localization_lowres"}
+
+
+@pytest.mark.parametrize("path", WITH_PAPER_NUMBERS, ids=lambda p: os.path.basename(p))
+def test_paper_numbers_name_the_configs_degradations_methods_and_views(path):
+  """config.paper (cqd_jax.report's schema): each key is <degradation>/<method>/<a or b> of this config."""
+  config = _load(path)
+  trained = {s.method for s in experiment.plan(config)}
+  assert config.paper.source and config.paper.results
+  for key, accuracy in config.paper.results.items():
+    degradation, method, test = key.split("/")
+    assert degradation in config.degradations and method in trained and test in ("a", "b"), key
+    assert 0 < accuracy < 100, key
 
 
 @pytest.mark.parametrize("name, arg", [(n, a) for n, args in SUBSET_CONFIGS.items() for a in args])

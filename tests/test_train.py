@@ -431,8 +431,8 @@ def test_eval_step_ignores_padded_examples():
   eval_fn = train.jit_eval_step(train.data_mesh(), apply_fn=apply_fn, view_a=identity, view_b=identity)
   batch2 = dict(batch, label=np.array([0, 0, 0, 0, 1, 1, 1, 1], np.int32),
                 mask=np.array([True, True, False, False, False, False, False, False]))  # real: 1 of 2
-  total = eval_fn(variables, train.shard_batch(batch, train.data_mesh()), jax.random.key(0))
-  total = total.merge(eval_fn(variables, train.shard_batch(batch2, train.data_mesh()), jax.random.key(1)))
+  total = eval_fn(variables, train.shard_batch(batch, train.data_mesh()), jax.random.key(0), None)
+  total = total.merge(eval_fn(variables, train.shard_batch(batch2, train.data_mesh()), jax.random.key(1), None))
   np.testing.assert_allclose(total.compute()["accuracy_a"], 4 / 6, rtol=1e-6)
   # accuracy_a comes from view A, accuracy_b from view B: in grayscale pixel (0, 0) has three equal values,
   # so the fake model predicts class 0 for every example (1 of the 4 real labels), against 3 of 4 on A.
