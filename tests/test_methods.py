@@ -70,7 +70,8 @@ def test_unknown_names_cycles_and_replaced_keys_are_refused(tmp_path):
   config = helpers.tiny_experiment_config()
   config.methods = ("train_a", "nope")
   with pytest.raises(config_lib.ConfigError, match=r"^config key methods: unknown method 'nope'; known: train_a, "
-                                                    r"train_b, a_then_b, cqd, a_cqd, mixture_ab, train_b_low, "
+                                                    r"train_b, a_then_b, cqd, a_cqd, mixture_ab, train_a_small, "
+                                                    r"train_b_small, cqd_small, cqd_to_small, train_b_low, "
                                                     r"kd, pd_assistant, pixel_distillation, pixel_distillation_isr, "
                                                     r"horkd$"):
     config_lib.validate(config)

@@ -95,10 +95,10 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_is_bit_exact(tiny_run, tmp_path, 
   workdir = helpers.copy_run(tiny_run, tmp_path / "work", drop=(KILLED_STAGE,))
   stop_requested = experiment._stop_requested  # pylint: disable=protected-access
 
-  def ctrl_c_at_step(received, done, config):
+  def ctrl_c_at_step(received, done, config, *rest):
     if done == SIGNAL_STEP:
       os.kill(os.getpid(), signal.SIGINT)  # the handler training installed takes it
-    return stop_requested(received, done, config)
+    return stop_requested(received, done, config, *rest)
 
   monkeypatch.setattr(experiment, "_stop_requested", ctrl_c_at_step)
   result = helpers.run_cli_in_process([f"--workdir={workdir}", *helpers.CLI_TINY_ARGS])
