@@ -16,7 +16,7 @@ The paper's numbers come from the config's `paper` key (cosmetic: it never chang
 
 `source` says where the numbers are from; each key of `results` names a key of config.degradations, a method
 the config trains (any name, e.g. train_a_shallow) and the view tested on, "a" or "b"; the value is top-1
-accuracy in % (0-100). A run on B is reported on B; on A too for train_a (the upper bound) and wherever the
+accuracy in % (0-100). A run on B is reported on B; on A too for the models trained on A and wherever the
 paper has a number on A. A config without `paper` (runs made before it existed) gets "-" for the paper's.
 """
 
@@ -59,6 +59,7 @@ class Setting:
   config: dict[str, Any]
   seeds: list[Any]
   runs: list[dict[Key, float]]
+  on_a: set[str] = dataclasses.field(default_factory=set)  # methods trained on A (a shared stage, "<method>@<A>")
 
   @property
   def name(self) -> str:
@@ -73,8 +74,9 @@ def setting_key(config: dict[str, Any]) -> str:
                     sort_keys=True)
 
 
-def load(workdir: str) -> tuple[dict[str, Any], dict[Key, float]]:
-  """A workdir's config.json and its accuracies (%) from results.csv; ValueError naming the missing file."""
+def load(workdir: str) -> tuple[dict[str, Any], dict[Key, float], set[str]]:
+  """A workdir's config.json, its accuracies (%) from results.csv and the methods trained on A (their stage
+  is shared by the degradations: "<method>@<view A>"); ValueError naming the missing file."""
   paths = {name: os.path.join(workdir, name) for name in ("config.json", "results.csv")}
   for name, path in paths.items():
     if not os.path.isfile(path):
@@ -86,7 +88,7 @@ def load(workdir: str) -> tuple[dict[str, Any], dict[Key, float]]:
       raise ValueError(f"{paths['config.json']} is not JSON: {e}") from None
   with open(paths["results.csv"], newline="") as f:
     rows = list(csv.DictReader(f))
-  accuracy = {}
+  accuracy, on_a = {}, {row["method"] for row in rows if "@" in row.get("stage", "")}
   for i, row in enumerate(rows):
     try:
       for test in ("a", "b"):
@@ -94,7 +96,7 @@ def load(workdir: str) -> tuple[dict[str, Any], dict[Key, float]]:
     except (KeyError, TypeError, ValueError):
       raise ValueError(f"{paths['results.csv']} line {i + 2}: needs degradation, method, accuracy_a and "
                        "accuracy_b") from None
-  return config, accuracy
+  return config, accuracy, on_a
 
 
 def group(workdirs: Sequence[str]) -> list[Setting]:
@@ -103,7 +105,7 @@ def group(workdirs: Sequence[str]) -> list[Setting]:
     raise ValueError("--workdirs: give at least one workdir")
   settings: dict[str, Setting] = {}
   for workdir in workdirs:
-    config, accuracy = load(workdir)
+    config, accuracy, on_a = load(workdir)
     s = settings.setdefault(setting_key(config), Setting([], config, [], []))
     if config.get("seed") in s.seeds:
       other = s.workdirs[s.seeds.index(config.get("seed"))]
@@ -112,6 +114,7 @@ def group(workdirs: Sequence[str]) -> list[Setting]:
     s.workdirs.append(workdir)
     s.seeds.append(config.get("seed"))
     s.runs.append(accuracy)
+    s.on_a |= on_a
   return list(settings.values())
 
 
@@ -140,7 +143,7 @@ def rows(setting: Setting) -> list[Row]:
   degradation; accuracies in %."""
   paper = paper_results(setting)
   ours = list(dict.fromkeys(k for run in setting.runs for k in run))
-  keys = [k for k in ours if k[2] == "b" or k[1] == GAP_CEILING[0] or k in paper]
+  keys = [k for k in ours if k[2] == "b" or k[1] in setting.on_a | {GAP_CEILING[0]} or k in paper]
   keys += [k for k in paper if k not in keys]
   base = {"setting": setting.name, "dataset": setting.config["dataset"]["name"], "workdirs": ",".join(setting.workdirs),
           "seeds": " ".join(map(str, setting.seeds))}

@@ -98,7 +98,8 @@ def write_tables(rows: Sequence[Row], degradations: Sequence[str], methods: Sequ
   if curves:
     md += ("\nThe networks later stages read, each trained to its best validation accuracy within a cap "
            "(validation.png):\n\n" + lengths_markdown(rows, curves))
-    plot_validation(curves, os.path.join(workdir, "validation.png"))
+    best = {r["stage"]: r.get("best_step") for r in rows}
+    plot_validation(curves, os.path.join(workdir, "validation.png"), best)
   for name, text in (("results.csv", buf.getvalue()), ("results.md", md)):
     fileio.write_text(os.path.join(workdir, name), text)
   plot(rows, degradations, methods, os.path.join(workdir, "results.png"), tested_on_a)
@@ -119,8 +120,9 @@ def lengths_markdown(rows: Sequence[Row], curves: dict[str, Sequence[Row]]) -> s
   return "\n".join(out) + "\n"
 
 
-def plot_validation(curves: dict[str, Sequence[Row]], path: str) -> None:
-  """Validation accuracy against step for each stage of `curves` ([{step, accuracy}]), its best point marked."""
+def plot_validation(curves: dict[str, Sequence[Row]], path: str, best: dict[str, int | None]) -> None:
+  """Validation accuracy against step for each stage of `curves` ([{step, accuracy}]), the step of the model
+  used (`best`, by stage: its best-validation checkpoint) marked."""
   import matplotlib  # Imported here: only needed when a run finishes.
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -129,9 +131,9 @@ def plot_validation(curves: dict[str, Sequence[Row]], path: str) -> None:
   for stage, curve in curves.items():
     steps, acc = [h["step"] for h in curve], [100 * h["accuracy"] for h in curve]
     line, = ax.plot(steps, acc, marker=".", label=stage)
-    if acc:
-      best = max(range(len(acc)), key=acc.__getitem__)
-      ax.plot([steps[best]], [acc[best]], "o", mfc="none", ms=10, color=line.get_color())
+    if best.get(stage) in steps:
+      i = steps.index(best[stage])
+      ax.plot([steps[i]], [acc[i]], "o", mfc="none", ms=10, color=line.get_color())
   ax.set_title("Validation accuracy while training (circle: the model used)")
   ax.set_xlabel("step")
   ax.set_ylabel("top-1 accuracy (%)")
