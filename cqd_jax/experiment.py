@@ -561,7 +561,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
   runner.view_networks = view_networks.prepare(config, workdir, data.builder, say)
   stages = plan(config)
   by_name = {s.name: s for s in stages}
-  needed = {source for s in stages for _, source in s.sources}
   trained: dict[str, dict[str, Any]] = {}
   rows = []
   for stage in stages:
@@ -575,7 +574,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict[str, Any]]
       if source not in trained:
         trained[source] = runner.final_variables(by_name[source])
     variables, summary = runner.train(stage, trained)
-    if stage.name in needed or config.get("compare"):  # the comparison times every model at the end
+    if stage.name in runner.sources or config.get("compare"):  # the comparison times every model at the end
       trained[stage.name] = variables
     model, size = runner.student(stage)
     cost = {"params": models.count_params(variables), "flops_per_image": models.flops_per_image(model, variables, size),
