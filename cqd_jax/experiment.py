@@ -132,6 +132,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
   with multihost.primary_first("prepare_data"):
     builder = registry.prepare(config.dataset.name, data_dir,
                                manual_dir=os.path.expanduser(config.dataset.manual_dir) or None,
+                               manual_dir_flag="--config.dataset.manual_dir", progress=config.progress_bar,
                                **config.dataset.options.to_dict())
   return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
 

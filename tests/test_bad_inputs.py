@@ -15,6 +15,7 @@ import pytest
 
 from cqd_jax import config_lib
 from cqd_jax import fileio
+from cqd_jax.data import registry
 import fixtures_real as fx
 import helpers
 
@@ -114,3 +115,18 @@ def test_build_errors_are_one_line(tmp_path, args, culprits):
 def test_build_error_with_verbose_shows_the_traceback(tmp_path):
   result = _build(tmp_path / "data", "--dataset=cqd_synthetic", "--num_classes=50", "--verbose")
   assert result.returncode != 0 and "Traceback" in result.stderr and "num_classes" in result.stderr
+
+
+def test_missing_manual_files_name_the_key_that_sets_them(tmp_path):
+  """A data set built from the user's files, with none given: the error names the flag or config key to set."""
+  with pytest.raises(ValueError, match=r"cars_paired is not built in .*does not exist or is empty; set "
+                                       r"--config\.dataset\.manual_dir=<folder> \(Put in manual_dir the official"):
+    registry.prepare("cars_paired", str(tmp_path / "data"), manual_dir_flag="--config.dataset.manual_dir")
+
+
+def test_tfds_build_is_quiet_without_progress_bars(tmp_path, capfd):
+  options = dict(num_classes=2, image_size=32, train_per_class=2, validation_per_class=1, test_per_class=1, seed=0)
+  registry.prepare("cqd_synthetic", str(tmp_path / "quiet"), progress=False, **options)
+  assert "Generating" not in capfd.readouterr().err
+  registry.prepare("cqd_synthetic", str(tmp_path / "shown"), **options)
+  assert "Generating" in capfd.readouterr().err

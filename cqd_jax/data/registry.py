@@ -9,6 +9,7 @@ next build starts again from scratch (and warns about the leftover directory, wh
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
 from absl import logging
@@ -92,14 +93,21 @@ def get_builder(name: str, data_dir: str, **options) -> tfds.core.DatasetBuilder
   return DATASETS[name](data_dir, **options)
 
 
-def prepare(name: str, data_dir: str, *, manual_dir: str | None = None,
-            **options) -> tfds.core.DatasetBuilder:
+def prepare(name: str, data_dir: str, *, manual_dir: str | None = None, manual_dir_flag: str = "--manual_dir",
+            progress: bool = True, **options) -> tfds.core.DatasetBuilder:
   """Builds data set `name` into `data_dir` unless already built (then it does nothing); returns the builder.
 
-  `manual_dir` is where data sets with manually downloaded files look for them.
+  `manual_dir` is where data sets with manually downloaded files look for them; when it is missing or empty
+  the ValueError names `manual_dir_flag`, the flag or config key that sets it. `progress`: TFDS's progress bars.
   """
   builder = get_builder(name, data_dir, **options)
   if not builder.is_prepared():
+    instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+    folder = manual_dir or os.path.join(data_dir, "downloads", "manual")  # TFDS's default
+    if instructions and not (os.path.isdir(folder) and os.listdir(folder)):
+      raise ValueError(f"data set {name} is not built in {data_dir}, and its files are not in {folder}: {folder} "
+                       f"does not exist or is empty; set {manual_dir_flag}=<folder> ({' '.join(instructions.split())})")
+    tfds.display_progress_bar(progress)
     if leftovers := sorted(builder.data_path.parent.glob(f"incomplete.*_{builder.data_path.name}")):
       logging.warning("building %s: %s, left by an interrupted (or a still running) build, is never read; "
                       "delete it when no build is running", builder.info.full_name, ", ".join(map(str, leftovers)))
