@@ -346,7 +346,10 @@ class Runner:
     last = start if _plateaued(history, patience) else num_steps  # stopped early before a preemption
     with _stop_signals() as received:
       for step in range(start, last):
-        batch = train.shard_batch(next(data_iter), self.mesh)
+        raw = next(data_iter)
+        if step == 0:
+          writer.write_images(0, self._example_views(views, raw))
+        batch = train.shard_batch(raw, self.mesh)
         state, metrics = step_fn(state, frozen, batch)
         seen += config.batch_size
         bar.update(1)
@@ -396,6 +399,14 @@ class Runner:
     manager.close()
     writer.close()
     return variables, summary
+
+  def _example_views(self, views: dict[tuple[str, int], Any], batch: dict[str, Any], n: int = 4
+                     ) -> dict[str, Any]:
+    """The first `n` images of a training batch as each stream sees them (before flips), for TensorBoard."""
+    images, boxes = train.to_float(batch["image"][:n]), batch["bbox"][:n]
+    return {f"views/{letter}_{size}px": jax.device_get(view(images, boxes, jax.random.key(0),
+                                                            self.view_networks or None)[0])
+            for (letter, size), view in views.items()}
 
   def _teacher_table(self, stage: Stage, source: str, variables: dict[str, Any], s: methods.Stream, view) -> Any:
     """A frozen stream's logits on its view of every training record, both flips (train.teacher_logits_table),

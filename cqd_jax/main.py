@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import sys
+import textwrap
 from typing import Any, Callable, Iterator
 
 from absl import app
@@ -46,6 +47,27 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1 (default: found "
                                    "by JAX).", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def catalogue() -> str:
+  """What --config can name, for --help: the configs shipped beside the package, the methods and the
+  degradation ops (composed with '+' in config.degradations)."""
+  from cqd_jax import degrade, methods  # pylint: disable=g-import-not-at-top (JAX-heavy)
+
+  shipped = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py")) if os.path.isdir(CONFIGS) else []
+  lines = ["", "Configs (--config=configs/<name>.py[:arg]; each file's docstring gives its commands):",
+           textwrap.fill(", ".join(f[:-3] for f in shipped) or f"none found in {CONFIGS}", 110,
+                         initial_indent="  ", subsequent_indent="  "),
+           "Methods (config.methods):"]
+  lines += [f"  {name:<24s}{m.description}" for name, m in methods.METHODS.items()]
+  lines += ["Degradation ops (config.degradations.<name>.a / .b, e.g. 'crop+lowres'):",
+            textwrap.fill(", ".join(sorted({*degrade.OPS, *degrade.NETWORK_OPS})), 110, initial_indent="  ",
+                          subsequent_indent="  ")]
+  return "\n".join(lines)
+
+
+__doc__ += catalogue()  # absl prints the main module's docstring with --help
 
 # What a user can cause with a config, a data set or a workdir; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, TypeError, OSError, config_lib.ConfigError, checkpoint.CheckpointError,

@@ -370,3 +370,11 @@ def test_results_use_the_final_model_and_report_the_best_validation_step(tiny_ru
   saved = {step: ocp.StandardCheckpointer().restore(checkpoints / str(step) / "state")["params"] for step in (2, 4)}
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert same(evaluated["params"], saved[4]) and not same(evaluated["params"], saved[2])
+
+
+def test_help_lists_the_configs_methods_and_degradation_ops():
+  from cqd_jax import main  # pylint: disable=g-import-not-at-top
+
+  assert main.catalogue() in main.__doc__  # what absl prints for --help
+  for name in ("demo", "cub_compression", "cars_multires", "cqd_to_small", "pixel_distillation", "crop", "lowres_sr"):
+    assert name in main.catalogue(), name

@@ -8,6 +8,7 @@ import numpy as np
 
 from cqd_jax import checkpoint
 from cqd_jax import experiment
+from cqd_jax import writers
 from tests import helpers
 
 # Validation accuracy of the teacher by step (checkpoint_every=2): best at 4, then two evaluations below it.
@@ -36,6 +37,10 @@ def _run(workdir, monkeypatch):
     given[stage.name] = dict(weights)
     return train(self, stage, weights)
 
+  def recording_images(self, step, images):
+    given.setdefault("images", []).append((step, {k: v.shape for k, v in images.items()}))
+
+  monkeypatch.setattr(writers.MetricWriter, "write_images", recording_images)
   monkeypatch.setattr(experiment.Runner, "_validate", validate)
   monkeypatch.setattr(experiment.Runner, "train", recording_train)
   result = helpers.run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args(
@@ -59,6 +64,9 @@ def test_teacher_stops_early_and_later_stages_read_its_best_checkpoint(tmp_path,
   assert manager.best_step() == 4 and manager.latest_step() == 8
   manager.close()
   in_memory = helpers.flatten(given["lowres/cqd"]["train_a@crop"])
+  # TensorBoard shows each stage's first inputs as its streams see them: the teacher view A, cqd A and B.
+  assert given["images"] == [(0, {"views/a_32px": (4, 32, 32, 3)}),
+                             (0, {"views/b_32px": (4, 32, 32, 3), "views/a_32px": (4, 32, 32, 3)})]
 
   # A restart that trains cqd again reads the teacher back from disk: its step-4 checkpoint, not step 8.
   shutil.rmtree(workdir / "stages/lowres__cqd")
