@@ -119,7 +119,7 @@ def test_build_error_with_verbose_shows_the_traceback(tmp_path):
 
 def test_missing_manual_files_name_the_key_that_sets_them(tmp_path):
   """A data set built from the user's files, with none given: the error names the flag or config key to set."""
-  with pytest.raises(ValueError, match=r"cars_paired is not built in .*does not exist or is empty; set "
+  with pytest.raises(FileNotFoundError, match=r"cars_paired is not built in .*does not exist or is empty; set "
                                        r"--config\.dataset\.manual_dir=<folder> \(Put in manual_dir the official"):
     registry.prepare("cars_paired", str(tmp_path / "data"), manual_dir_flag="--config.dataset.manual_dir")
 

@@ -98,15 +98,16 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None, manual_d
   """Builds data set `name` into `data_dir` unless already built (then it does nothing); returns the builder.
 
   `manual_dir` is where data sets with manually downloaded files look for them; when it is missing or empty
-  the ValueError names `manual_dir_flag`, the flag or config key that sets it. `progress`: TFDS's progress bars.
+  the FileNotFoundError names `manual_dir_flag`, the flag or config key that sets it. `progress`: TFDS's progress bars.
   """
   builder = get_builder(name, data_dir, **options)
   if not builder.is_prepared():
     instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
     folder = manual_dir or os.path.join(data_dir, "downloads", "manual")  # TFDS's default
     if instructions and not (os.path.isdir(folder) and os.listdir(folder)):
-      raise ValueError(f"data set {name} is not built in {data_dir}, and its files are not in {folder}: {folder} "
-                       f"does not exist or is empty; set {manual_dir_flag}=<folder> ({' '.join(instructions.split())})")
+      raise FileNotFoundError(f"data set {name} is not built in {data_dir}, and its files are not in {folder}: "
+                              f"{folder} does not exist or is empty; set {manual_dir_flag}=<folder> "
+                              f"({' '.join(instructions.split())})")
     tfds.display_progress_bar(progress)
     if leftovers := sorted(builder.data_path.parent.glob(f"incomplete.*_{builder.data_path.name}")):
       logging.warning("building %s: %s, left by an interrupted (or a still running) build, is never read; "
