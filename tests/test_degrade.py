@@ -1,6 +1,7 @@
 """Tests for cqd_jax.degrade: shapes, ranges, determinism, identities, make_view, and the resampling views
 against PIL's antialiased resize (an independent implementation; torch is not needed)."""
 
+import os
 import functools
 
 import jax
@@ -452,3 +453,20 @@ def test_make_view_rejects_unknown_param():
 def test_make_view_rejects_empty_specs(spec):
   with pytest.raises(ValueError, match="empty"):
     degrade.make_view(spec, SIZE)
+
+
+def test_view_figure_labels_every_row_and_column():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from cqd_jax import visualize  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(helpers.REPO, "configs", "demo.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("lowres,localize")
+  batch = helpers.tiny_batch(3, size=64, num_classes=2)
+  fig = visualize.view_figure(config, batch, ["class x", "class y"])
+  axes = fig.axes
+  assert len(axes) == 9 and fig._suptitle.get_text()  # pylint: disable=protected-access
+  assert [a.get_title() for a in axes[:3]] == [["class x", "class y"][int(l)] for l in batch["label"]]
+  assert [axes[3 * r].get_ylabel() for r in range(3)] == ["A: crop", "B of localize:\nfull", "B of lowres:\ncrop+lowres"]
