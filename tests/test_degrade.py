@@ -469,4 +469,5 @@ def test_view_figure_labels_every_row_and_column():
   axes = fig.axes
   assert len(axes) == 9 and fig._suptitle.get_text()  # pylint: disable=protected-access
   assert [a.get_title() for a in axes[:3]] == [["class x", "class y"][int(l)] for l in batch["label"]]
-  assert [axes[3 * r].get_ylabel() for r in range(3)] == ["A: crop", "B of localize:\nfull", "B of lowres:\ncrop+lowres"]
+  labels = [axes[3 * r].get_ylabel() for r in range(3)]
+  assert labels == ["A: crop", "B of localize:\nfull", "B of lowres:\ncrop+lowres"]
