@@ -17,11 +17,16 @@ import numpy as np
 
 from cqd_jax import fileio
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
-_OUT = flags.DEFINE_string("out", "views.png", "PNG to write.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.dataset.data_dir or ./data).")
-_NUM = flags.DEFINE_integer("num", 6, "Number of test images.")
-_DPI = flags.DEFINE_integer("dpi", 120, "Resolution of the PNG.")
+
+def _define_flags() -> None:
+  """The command's flags, defined when it runs, not on import: cqd_jax.main defines --config too, and tests
+  import both modules."""
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).")
+  flags.DEFINE_string("out", "views.png", "PNG to write.")
+  flags.DEFINE_string("data_dir", None, "TFDS data dir (default: config.dataset.data_dir or ./data).")
+  flags.DEFINE_integer("num", 6, "Number of test images.")
+  flags.DEFINE_integer("dpi", 120, "Resolution of the PNG.")
+  flags.mark_flags_as_required(["config"])
 
 
 def view_figure(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray],
@@ -54,19 +59,20 @@ def main(argv: list[str]) -> None:
   del argv
   from cqd_jax import experiment, input_pipeline
 
-  config = _CONFIG.value
-  if _DATA_DIR.value:
-    config.dataset.data_dir = _DATA_DIR.value
+  args = flags.FLAGS
+  config = args.config
+  if args.data_dir:
+    config.dataset.data_dir = args.data_dir
   data = experiment.prepare_data(config, workdir=".")  # the same data set (and default ./data) a run uses
-  batch = next(input_pipeline.eval_batches(data.builder, config.eval_split, batch_size=_NUM.value,
+  batch = next(input_pipeline.eval_batches(data.builder, config.eval_split, batch_size=args.num,
                                            image_size=config.dataset.storage_size or None))
-  fig = view_figure(config, {k: v[:_NUM.value] for k, v in batch.items()}, data.class_names)
-  with fileio.atomic_path(_OUT.value) as tmp:
-    fig.savefig(tmp, dpi=_DPI.value, format="png")
-  print(f"wrote {_OUT.value}: rows = A ({next(iter(config.degradations.values())).a}), then B of "
+  fig = view_figure(config, {k: v[:args.num] for k, v in batch.items()}, data.class_names)
+  with fileio.atomic_path(args.out) as tmp:
+    fig.savefig(tmp, dpi=args.dpi, format="png")
+  print(f"wrote {args.out}: rows = A ({next(iter(config.degradations.values())).a}), then B of "
         f"{', '.join(config.degradations)}")
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
+  _define_flags()
   app.run(main)
