@@ -138,10 +138,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config key {key}: {e}") from None
   _check_streams(config, known)
   from cqd_jax import view_networks  # pylint: disable=g-import-not-at-top (JAX-heavy)
-  for name in view_networks.needed(config):
+  for name in (n for n in view_networks.needed(config) if n in config):  # its section; DEFAULTS otherwise
     for key in ("num_steps", "batch_size"):
-      if name in config:
-        _check_number(config, f"{name}.{key}", int, 0, strict=True)
+      _check_number(config, f"{name}.{key}", int, 0, strict=True)
   if config.get("multires"):
     from cqd_jax import multires  # pylint: disable=g-import-not-at-top (JAX-heavy)
     multires.check(config)

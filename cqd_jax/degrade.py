@@ -136,9 +136,13 @@ def lowres(images: jax.Array, boxes: jax.Array, key: jax.Array, *, size: int,
   `low` defaults to round(size * 50 / 224), the paper's ratio.
   """
   del key
-  if low is None:
-    low = max(1, round(size * 50 / _PAPER_SIZE))
+  low = low_size(size, low)
   return _resize(_resize(images, low, "cubic"), size, "cubic"), boxes
+
+
+def low_size(size: int, low: int | None = None) -> int:
+  """The low resolution `lowres` uses at `size`: `low`, else the paper's ratio round(size * 50 / 224)."""
+  return low or max(1, round(size * 50 / _PAPER_SIZE))
 
 
 def lowres_sr(images: jax.Array, boxes: jax.Array, key: jax.Array, *, size: int,

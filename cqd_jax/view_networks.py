@@ -61,17 +61,12 @@ def settings(config: ml_collections.ConfigDict, name: str) -> dict[str, Any]:
   return {**DEFAULTS[name], **(section.to_dict() if section is not None else {})}
 
 
-def _low(config: ml_collections.ConfigDict, op: str) -> int:
-  """The low resolution of a lowres-like op in this config (degrade.lowres's default when unset)."""
-  low = config.degrade_params.to_dict().get(op, {}).get("low")
-  return low or max(1, round(config.image_size * 50 / 224))
-
-
 def _train_sr(config: ml_collections.ConfigDict, builder: Any, source: str, progress: bool) -> tuple[Variables, dict]:
   """The SRCNN of `lowres_sr`, fitted to the training split's `source` view; with its PSNR on the validation
   split (or train) against bicubic upsampling."""
-  options, size, low = settings(config, "sr"), config.image_size, _low(config, "lowres_sr")
-  view = jax.jit(degrade.make_view(source, size, config.degrade_params.to_dict()))
+  options, size, params = settings(config, "sr"), config.image_size, config.degrade_params.to_dict()
+  low = degrade.low_size(size, params.get("lowres_sr", {}).get("low"))  # what the lowres_sr view uses
+  view = jax.jit(degrade.make_view(source, size, params))
   storage = config.dataset.storage_size or None
 
   def images(batches: Iterator[dict[str, np.ndarray]]) -> Iterator[np.ndarray]:
