@@ -21,7 +21,7 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cars_paired", train_images=7329, distill_weight=50.0)
+  config = config_lib.paper_base("cars_paired", distill_weight=50.0)
   config.degradations = {"lowres": {"a": "full", "b": "full+lowres"}}
   config.methods = ("train_a", "a_cqd", "mixture_ab")
   # The experts of view A (high) and of view B (low), the A+B model shown beside them, and the router's

@@ -42,8 +42,7 @@ def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
   """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), or
   the low-resolution comparison ("compare"), or the multi-resolution model ("multires")."""
   # 441 train images after the 10% validation split (55 images) of the 496 official ones.
-  config = config_lib.cpu_subset_base("cars_paired", os.path.normpath(SAMPLE), train_images=441,
-                                      distill_weight=50.0, epochs=8)
+  config = config_lib.cpu_subset_base("cars_paired", os.path.normpath(SAMPLE), distill_weight=50.0, epochs=8)
   if arg == "compare":
     return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
   if arg == "multires":  # the experts, the A+B model and the router's settings (cqd_jax/multires.py)

@@ -17,7 +17,7 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cub_paired", train_images=5395, distill_weight=50.0)
+  config = config_lib.paper_base("cub_paired", distill_weight=50.0)
   config.degradations = {"localization": {"a": "crop", "b": "full"}}
   config = config_lib.compression(config, "localization", deep=dict(name="vgg16", options={}, init_from=""),
                                   small=dict(name="vgg_m", options={}, init_from=""))

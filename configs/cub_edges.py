@@ -13,7 +13,7 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cub_paired", train_images=5395, distill_weight=200.0)
+  config = config_lib.paper_base("cub_paired", distill_weight=200.0)
   config.degradations = {"edges": {"a": "crop", "b": "crop+edges"}}
   # The paper's top-1 accuracy (%) on the test split by "<degradation>/<method>/<test view>" (cqd_jax.report).
   config.paper = dict(source="Su & Maji, Table 1 (vgg-m, ImageNet-initialised)",

@@ -12,7 +12,7 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cub_paired", train_images=5395, distill_weight=200.0)
+  config = config_lib.paper_base("cub_paired", distill_weight=200.0)
   config.degradations = {"localization_lowres": {"a": "crop", "b": "full+lowres"}}
   # The poster's top-1 accuracy (%) by "<degradation>/<method>/<test view>" (cqd_jax.report): oracle, no
   # adaptation, fine-tuning, staged training and CQD, which is A,CQD (its CQD matches the paper's A,CQD, e.g.

@@ -32,7 +32,7 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cub_paired", train_images=5395, distill_weight=200.0)
+  config = config_lib.paper_base("cub_paired", distill_weight=200.0)
   config = config_lib.comparison(config, {"a": "crop", "b": "crop+lowres"},
                                  small_model=dict(name="resnet18", options={}, init_from=""))
   config.methods = ("train_b_low", "kd", "horkd")

@@ -25,12 +25,11 @@ from cqd_jax import config_lib
 
 
 def get_config():
-  config = config_lib.paper_base("cub_paired", train_images=5395, distill_weight=200.0)
+  config = config_lib.paper_base("cub_paired", distill_weight=200.0)
   config = config_lib.comparison(config, {"a": "crop", "b": "crop+lowres"},
                                  small_model=dict(name="resnet18", options={}, init_from=""))
   config.methods = ("train_b_low", "pixel_distillation", "pixel_distillation_isr")
   config.optimizer.update(lr=0.01, end_lr=0.0, momentum=0.9, weight_decay=5e-4)
   config.batch_size = 64
   config.eval_batch_size = 64
-  config.num_steps = 30 * 5395 // 64
   return config

@@ -54,8 +54,7 @@ def get_config(arg: str = "lowres") -> ml_collections.ConfigDict:
   """The CPU experiment on the degradation(s) `arg` names (comma-separated; one teacher serves them all), the
   low-resolution comparison ("compare") or model compression ("compression")."""
   # 675 official train images after the 10% validation split.
-  config = config_lib.cpu_subset_base("cub_paired", os.path.normpath(SAMPLE), train_images=675,
-                                      distill_weight=200.0, epochs=8)
+  config = config_lib.cpu_subset_base("cub_paired", os.path.normpath(SAMPLE), distill_weight=200.0, epochs=8)
   if arg == "compare":
     return config_lib.cpu_subset_comparison(config, DEGRADATIONS["lowres"])
   if arg == "compression":

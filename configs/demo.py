@@ -78,14 +78,18 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   config.cache_teacher = False
   # Methods of this experiment beyond the built-in ones (README, "Adding a method").
   config.method_defs = {}
+  # Python files (or module names) imported before the config is checked: a new degradation, model, loss or
+  # data set registers itself there (docs/extending.md).
+  config.plugins = ()
 
   config.optimizer = dict(name="sgd", lr=0.05, end_lr=0.0025, schedule="linear", warmup_steps=20,
                           momentum=0.9, nesterov=False, weight_decay=5e-4)
   config.batch_size = 64
-  config.num_steps = 500  # per stage
-  # The teacher's own length (experiment.Runner.length): 0 steps = num_steps, patience 0 = no early stopping;
-  # the demo teacher's validation accuracy has levelled off by then.
-  config.teacher_training = dict(num_steps=0, patience=0)
+  config.num_steps = 500  # per stage (80 passes over the 400 training images); 0: num_epochs passes instead
+  config.num_epochs = 0.0
+  # The teacher's own length (experiment.Runner.length): 0 steps and 0 epochs = the stages' length, patience
+  # 0 = no early stopping; the demo teacher's validation accuracy has levelled off by then.
+  config.teacher_training = dict(num_steps=0, num_epochs=0.0, patience=0)
   config.eval_batch_size = 200
 
   config.log_every = 50

@@ -31,6 +31,7 @@ import numpy as np
 from matplotlib.figure import Figure  # not pyplot: no global figures or backend; PNGs are drawn by Agg
 from matplotlib.patches import Rectangle
 
+from cqd_jax import config_lib
 from cqd_jax import fileio
 
 GRADIENT_METHODS = ("train_b", "cqd")  # Section 3.2 compares the model trained on B with CQD's
@@ -40,12 +41,15 @@ NUM_PAIRS = 5
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was started with (<workdir>/config.json), JSON's lists turned back into tuples."""
+  """The config a run was started with (<workdir>/config.json), JSON's lists turned back into tuples, with
+  its plugins imported."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise ValueError(f"--workdir {workdir} has no config.json: not the workdir of a cqd_jax.main run")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+  config_lib.load_plugins(config)
+  return config
 
 
 def _tuples(tree: Any) -> Any:

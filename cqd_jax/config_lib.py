@@ -6,9 +6,13 @@ its results.
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.resources
+import importlib.util
 import json
 import math
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -22,6 +26,31 @@ COSMETIC_KEYS = ("progress_bar", "compare", "log_every", "checkpoint_every", "da
 NONFINITE_POLICIES = ("stop", "skip")
 # Compute precision of teacher and student: bfloat16 suits TPUs and recent GPUs; CPUs emulate it slowly.
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+CONFIGS = str(importlib.resources.files("cqd_jax.configs"))  # the repository's configs/, installed with the package
+
+
+def resolve_config(argv: list[str]) -> list[str]:
+  """argv with a --config that names no file but a shipped config (`configs/demo.py`, `demo.py` or `demo`,
+  with its `:arg`) pointed at the installed copy, so the commands work from any directory after a pip install.
+  Another missing path is left alone, for ml_collections to report."""
+  def shipped(value: str) -> str:
+    path, sep, arg = value.partition(":")
+    if os.path.exists(path) or os.path.dirname(path) not in ("", "configs"):
+      return value
+    candidate = os.path.join(CONFIGS, os.path.basename(path).removesuffix(".py") + ".py")
+    return candidate + sep + arg if os.path.isfile(candidate) else value
+
+  out = list(argv)
+  for i, a in enumerate(out):
+    flag, eq, value = a.partition("=")
+    if flag in ("--config", "-config") and eq:
+      out[i] = f"{flag}={shipped(value)}"
+    elif flag in ("--config", "-config") and i + 1 < len(out):
+      out[i + 1] = shipped(out[i + 1])
+  return out
+
 
 
 class ConfigError(ValueError):
@@ -56,6 +85,54 @@ def _check_number(config: ml_collections.ConfigDict, key: str, kind: type, low: 
     raise ConfigError(f"config key {key}={value!r} must be {'>' if strict else '>='} {low}")
 
 
+def _check_length(config: ml_collections.ConfigDict, prefix: str) -> None:
+  """num_steps (an int, 0: from num_epochs) and num_epochs (a number, optional) of the config or a section;
+  the top level needs one of them > 0."""
+  _check_number(config, f"{prefix}num_steps", int, 0, strict=False)
+  if "num_epochs" in (get(config, prefix[:-1]) if prefix else config):
+    _check_number(config, f"{prefix}num_epochs", float, 0, strict=False)
+  if not prefix and not config.num_steps and not config.get("num_epochs"):
+    raise ConfigError("config keys num_steps and num_epochs are both 0 (or num_epochs is absent): set one > 0")
+
+
+def num_steps(section: ml_collections.ConfigDict, batch_size: int, num_train: int, default: int = 0) -> int:
+  """A stage's length from a config (or its teacher_training section): num_steps when > 0, else num_epochs
+  passes over the `num_train` images of the built training split (at least one step), else `default`."""
+  if section.get("num_steps"):
+    return section.num_steps
+  if section.get("num_epochs"):
+    return max(1, math.floor(section.num_epochs * num_train / batch_size))
+  return default
+
+
+def load_plugins(config: ml_collections.ConfigDict) -> None:
+  """Imports the modules of config.plugins (a `.py` file, relative to the current directory, or a module
+  name) once each, before anything looks a name up: what they add to the registries (degrade.OPS,
+  models.MODELS, losses.DISTILL_LOSSES, data.registry.DATASETS) is then known to every command."""
+  for i, plugin in enumerate(config.get("plugins", ())):
+    key = f"config key plugins[{i}]={plugin!r}"
+    if not plugin.endswith(".py"):
+      try:
+        importlib.import_module(plugin)
+      except ImportError as e:
+        raise ConfigError(f"{key}: cannot import it ({e}); name a .py file or an importable module") from None
+      continue
+    path = os.path.abspath(os.path.expanduser(plugin))
+    name = "cqd_jax_plugin_" + "".join(c if c.isalnum() else "_" for c in path)
+    if name in sys.modules:
+      continue
+    if not os.path.isfile(path):
+      raise ConfigError(f"{key}: no such file ({path}; relative paths start from the current directory)")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[name]
+      raise
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (or ValueError from a registry) naming the first bad key.
 
@@ -65,11 +142,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   from cqd_jax import degrade, losses, methods, models, train  # JAX-heavy imports, only when validating.
   from cqd_jax.data import registry
 
+  load_plugins(config)
   for key, replacement in methods.REPLACED_KEYS.items():
     if key in config:
       raise ConfigError(f"config key {key}: no longer used; replaced by {replacement}")
-  for key in ("batch_size", "eval_batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+  for key in ("batch_size", "eval_batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
     _check_number(config, key, int, 0, strict=True)
+  _check_length(config, "")
   for key in ("batch_size", "eval_batch_size"):
     train.check_batch_size(config[key], key)
   _check_number(config, "image_size", int, 16, strict=False)
@@ -85,7 +164,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.get("compare"):
     _check_number(config, "compare_seconds", float, 0, strict=False)
   if "teacher_training" in config:
-    _check_number(config, "teacher_training.num_steps", int, 0, strict=False)
+    _check_length(config, "teacher_training.")
     _check_number(config, "teacher_training.patience", int, 0, strict=False)
     if config.teacher_training.patience and not config.get("validation_split"):
       raise ConfigError("config key teacher_training.patience needs config.validation_split (the split whose "
@@ -260,7 +339,7 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
     fileio.write_text(path, json.dumps(current, indent=2, sort_keys=True))
 
 
-def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_collections.ConfigDict:
+def paper_base(dataset: str, *, distill_weight: float) -> ml_collections.ConfigDict:
   """The CQD paper's protocol (Su & Maji, Sec. 2) as a config to complete with degradations.
 
   ImageNet-initialised network fine-tuned at 224 px; SGD, momentum 0.9, weight decay 5e-4, batch 128,
@@ -296,6 +375,9 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.cache_teacher = False
   # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (README).
   config.method_defs = {}
+  # Python files (or module names) imported before the config is checked: a new degradation, model, loss or
+  # data set registers itself there (docs/extending.md).
+  config.plugins = ()
   # Write comparison.md: each deployed model's accuracy, input size, parameters, FLOPs and measured images/s
   # (each model timed for at least compare_seconds and 3 batches, at the end of the run).
   config.compare = False
@@ -303,11 +385,13 @@ def paper_base(dataset: str, *, train_images: int, distill_weight: float) -> ml_
   config.optimizer = dict(name="sgd", lr=1e-3, end_lr=5e-5, schedule="linear", warmup_steps=0, momentum=0.9,
                           nesterov=False, weight_decay=5e-4)
   config.batch_size = 128
-  config.num_steps = 30 * train_images // 128  # 30 epochs
+  # Passes over the built training split per stage; num_steps > 0 overrides it (experiment.num_steps).
+  config.num_epochs = 30.0
+  config.num_steps = 0
   # The teacher (and any network later stages read) trains until validation accuracy has not improved for
-  # `patience` evaluations (one per checkpoint), within num_steps (the learning rate decays over them);
+  # `patience` evaluations (one per checkpoint), within its length (the learning rate decays over it);
   # later stages read its best-validation checkpoint, so that it is the upper bound it is in the paper.
-  config.teacher_training = dict(num_steps=40 * train_images // 128, patience=4)
+  config.teacher_training = dict(num_epochs=40.0, num_steps=0, patience=4)
   config.eval_batch_size = 128
   config.log_every = 50
   config.checkpoint_every = 100  # ~2.4 epochs of CUB, ~1.7 of Cars: also the validation interval
@@ -389,14 +473,14 @@ def pick_degradations(arg: str, known: dict[str, dict[str, str]], config_file: s
   return {n: known[n] for n in names}
 
 
-def cpu_subset_base(dataset: str, manual_dir: str, *, train_images: int, distill_weight: float, epochs: int,
+def cpu_subset_base(dataset: str, manual_dir: str, *, distill_weight: float, epochs: float,
                     image_size: int = 160) -> ml_collections.ConfigDict:
   """The paper's protocol shrunk to run on a 2-core CPU: ImageNet EfficientNet-Lite0, `image_size` px, batch 32.
 
   Resolution-dependent degradations are scaled from the paper's 224 px (low resolution 50 px -> 50 * s,
   TPS variance 4 px^2 -> 4 * s^2, s = image_size / 224).
   """
-  config = paper_base(dataset, train_images=train_images, distill_weight=distill_weight)
+  config = paper_base(dataset, distill_weight=distill_weight)
   scale = image_size / 224
   config.dataset.manual_dir = manual_dir
   config.dataset.storage_size = round(image_size * 8 / 7)  # room for the crops: the box is cut from it
@@ -409,8 +493,8 @@ def cpu_subset_base(dataset: str, manual_dir: str, *, train_images: int, distill
   config.optimizer.end_lr = 0.0005
   config.batch_size = 32
   config.eval_batch_size = 64
-  config.num_steps = epochs * train_images // config.batch_size
-  config.teacher_training = dict(num_steps=2 * config.num_steps, patience=3)
+  config.num_epochs = epochs
+  config.teacher_training = dict(num_epochs=2 * epochs, num_steps=0, patience=3)
   config.log_every = 10
   config.checkpoint_every = 25  # ~1.2 epochs: also the validation interval that stops the teacher
   return config

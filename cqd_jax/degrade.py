@@ -316,7 +316,7 @@ OPS: dict[str, Op] = {
 }
 
 # Ops whose output depends on the key; every other op is a function of the image and box alone.
-RANDOM_OPS = frozenset({"distort"})
+RANDOM_OPS = {"distort"}
 
 # Ops that also read a trained network: name -> (op, the key of the network's variables in a view's `variables`
 # argument, also the name of the stage that trains it). Kept out of OPS, whose ops need only images, boxes, key.

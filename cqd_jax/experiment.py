@@ -35,6 +35,7 @@ import ml_collections
 import tqdm
 
 from cqd_jax import checkpoint
+from cqd_jax import config_lib
 from cqd_jax import degrade
 from cqd_jax import fileio
 from cqd_jax import methods
@@ -123,6 +124,7 @@ class Data:
   builder: Any
   num_classes: int
   class_names: list[str]
+  num_train: int  # images in the training split, which config.num_epochs counts passes over
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
@@ -134,7 +136,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: str) -> Data:
                                manual_dir=os.path.expanduser(config.dataset.manual_dir) or None,
                                manual_dir_flag="--config.dataset.manual_dir", progress=config.progress_bar,
                                **config.dataset.options.to_dict())
-  return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder))
+  return Data(builder, input_pipeline.num_classes(builder), input_pipeline.class_names(builder),
+              input_pipeline.num_examples(builder, "train"))
 
 
 def make_model(config: ml_collections.ConfigDict, key: str, num_classes: int) -> Any:
@@ -226,14 +229,16 @@ class Runner:
     return self.network(s.model), s.image_size
 
   def length(self, stage: Stage) -> tuple[int, int]:
-    """(steps, patience) of a stage. A network later stages read (the teacher, the assistant) trains for at
-    most config.teacher_training.num_steps (0: config.num_steps) and stops once validation accuracy has not
-    improved for `patience` evaluations (0: never); later stages then read its best-validation checkpoint.
-    Every other stage trains config.num_steps."""
+    """(steps, patience) of a stage. Every stage trains config_lib.num_steps of the config (num_steps, or
+    num_epochs over the built training split), except a network later stages read (the teacher, the
+    assistant): it trains for at most config.teacher_training's length (the same keys; both 0: the
+    config's) and stops once validation accuracy has not improved for `patience` evaluations (0: never);
+    later stages then read its best-validation checkpoint."""
+    steps = config_lib.num_steps(self.config, self.config.batch_size, self.data.num_train)
     section = self.config.get("teacher_training")
     if stage.name not in self.sources or section is None:
-      return self.config.num_steps, 0
-    return section.num_steps or self.config.num_steps, section.patience
+      return steps, 0
+    return config_lib.num_steps(section, self.config.batch_size, self.data.num_train, steps), section.patience
 
   def _template(self, stage: Stage, variables=None, *, init_from: str | None = None) -> train.TrainState:
     """A fresh train state: from `variables`, else from `init_from` (default: config.<model>.init_from),
@@ -523,14 +528,13 @@ def _read_json(path: str, default: Any) -> Any:
     return json.load(f)
 
 
-def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict, num_steps: int | None = None
-                    ) -> bool:
+def _stop_requested(received: list[int], done: int, config: ml_collections.ConfigDict, num_steps: int) -> bool:
   """Whether to save and stop after step `done`: at once when a signal came, in a single process. The
   processes of a multi-host run must all stop after the same step, so there a signal to any of them is
   shared every log_every steps and at the last step (one small collective, where metrics are fetched anyway)."""
   if jax.process_count() == 1:
     return bool(received)
-  if done % config.log_every and done != (num_steps or config.num_steps):
+  if done % config.log_every and done != num_steps:
     return False
   return multihost.any_process(bool(received))
 

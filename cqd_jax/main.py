@@ -30,8 +30,9 @@ from cqd_jax import config_lib
 from cqd_jax import fileio
 from cqd_jax import multihost
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/<name>.py[:arg]; the shipped ones work from any directory).",
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for data, checkpoints, logs and results.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show tracebacks and debug logs.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool("allow_config_change", False,
@@ -47,17 +48,15 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1 (default: found "
                                    "by JAX).", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
-
 def catalogue() -> str:
   """What --config can name, for --help: the configs shipped beside the package, the methods and the
   degradation ops (composed with '+' in config.degradations)."""
   from cqd_jax import degrade, methods  # pylint: disable=g-import-not-at-top (JAX-heavy)
 
-  shipped = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py")) if os.path.isdir(CONFIGS) else []
-  lines = ["", "Configs (--config=configs/<name>.py[:arg]; each file's docstring gives its commands):",
-           textwrap.fill(", ".join(f[:-3] for f in shipped) or f"none found in {CONFIGS}", 110,
+  shipped = sorted(f for f in os.listdir(config_lib.CONFIGS) if f.endswith(".py") and not f.startswith("_"))
+  lines = ["", "Configs (--config=configs/<name>.py[:arg], from any directory; each file's docstring gives its "
+           "commands):",
+           textwrap.fill(", ".join(f[:-3] for f in shipped) or f"none found in {config_lib.CONFIGS}", 110,
                          initial_indent="  ", subsequent_indent="  "),
            "Methods (config.methods):"]
   lines += [f"  {name:<24s}{m.description}" for name, m in methods.METHODS.items()]
@@ -98,7 +97,7 @@ def _flag_error(e: BaseException, argv: list[str]) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, with errors as one `error: ...` line (the traceback with --verbose)."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(config_lib.resolve_config(argv))
   except (flags.Error, AttributeError, KeyError, OSError) as e:
     if any(a.split("=")[0] in ("--verbose", "-verbose") for a in argv[1:]):
       raise

@@ -15,6 +15,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from cqd_jax import config_lib
 from cqd_jax import fileio
 
 
@@ -75,4 +76,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(config_lib.resolve_config(argv)))

@@ -378,3 +378,30 @@ def test_help_lists_the_configs_methods_and_degradation_ops():
   assert main.catalogue() in main.__doc__  # what absl prints for --help
   for name in ("demo", "cub_compression", "cars_multires", "cqd_to_small", "pixel_distillation", "crop", "lowres_sr"):
     assert name in main.catalogue(), name
+
+
+def test_shipped_configs_are_found_from_any_directory(tmp_path, monkeypatch):
+  from cqd_jax import config_lib  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.chdir(tmp_path)
+  demo = os.path.join(config_lib.CONFIGS, "demo.py")
+  for given in ("configs/demo.py", "demo.py", "demo"):
+    assert config_lib.resolve_config(["m", f"--config={given}:lowres", "--config.seed=1"]) == [
+        "m", f"--config={demo}:lowres", "--config.seed=1"]
+  assert config_lib.resolve_config(["m", "--config", "demo"]) == ["m", "--config", demo]
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs/demo.py").write_text("")  # a file of the user's own wins
+  for kept in ("configs/demo.py", "/elsewhere/demo.py", "configs/no_such_config.py"):
+    assert config_lib.resolve_config(["m", f"--config={kept}"]) == ["m", f"--config={kept}"]
+
+
+def test_pyproject_installs_every_package_and_the_configs():
+  """pyproject.toml lists the packages by hand (configs/ is installed as cqd_jax.configs): a new package must
+  be added there, or a pip install from git would lack it."""
+  import tomllib  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(helpers.REPO, "pyproject.toml"), "rb") as f:
+    setuptools = tomllib.load(f)["tool"]["setuptools"]
+  found = {os.path.relpath(root, helpers.REPO).replace(os.sep, ".") for root, _, files in
+           os.walk(os.path.join(helpers.REPO, "cqd_jax")) if "__init__.py" in files}
+  assert set(setuptools["packages"]) == found | {"data_prep", "cqd_jax.configs"}
+  assert setuptools["package-dir"] == {"cqd_jax.configs": "configs"}

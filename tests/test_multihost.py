@@ -151,12 +151,12 @@ def test_stop_requests_are_shared_at_log_steps_only(monkeypatch):
   config = helpers.tiny_experiment_config()  # log_every=2, num_steps=4
   shared = []
   monkeypatch.setattr(multihost, "any_process", lambda flag: shared.append(flag) or True)
-  assert experiment._stop_requested([15], 1, config)  # one process: at once
-  assert not experiment._stop_requested([], 1, config) and shared == []
+  assert experiment._stop_requested([15], 1, config, 4)  # one process: at once
+  assert not experiment._stop_requested([], 1, config, 4) and shared == []
   monkeypatch.setattr(jax, "process_count", lambda: 2)
-  assert not experiment._stop_requested([15], 1, config) and shared == []  # not a log step: no collective
-  assert experiment._stop_requested([], 2, config) and shared == [False]  # another process got the signal
-  assert experiment._stop_requested([15], 4, config) and shared == [False, True]
+  assert not experiment._stop_requested([15], 1, config, 4) and shared == []  # not a log step: no collective
+  assert experiment._stop_requested([], 2, config, 4) and shared == [False]  # another process got the signal
+  assert experiment._stop_requested([15], 4, config, 4) and shared == [False, True]
 
 
 # ---------------------------------------------------------------------------------------- 2 processes, CLI

@@ -5,14 +5,30 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from cqd_jax import checkpoint
+from cqd_jax import config_lib
 from cqd_jax import experiment
 from cqd_jax import writers
 from tests import helpers
 
 # Validation accuracy of the teacher by step (checkpoint_every=2): best at 4, then two evaluations below it.
 TEACHER_CURVE = {2: 0.5, 4: 0.7, 6: 0.6, 8: 0.65, 10: 0.95}
+
+
+def test_length_in_epochs_counts_the_built_training_split():
+  config = helpers.tiny_experiment_config()
+  config.num_epochs = 2.5
+  config.teacher_training = dict(num_steps=0, num_epochs=0.0, patience=0)
+  assert config_lib.num_steps(config, 16, 100) == 4  # an explicit num_steps wins
+  config.num_steps = 0
+  assert config_lib.num_steps(config, 16, 100) == 15  # floor(2.5 * 100 / 16)
+  assert config_lib.num_steps(config, 16, 3) == 1  # at least one step
+  assert config_lib.num_steps(config.teacher_training, 16, 100, 15) == 15  # both 0: the default
+  config.num_epochs = 0.0
+  with pytest.raises(config_lib.ConfigError, match="num_steps and num_epochs"):
+    config_lib.validate(config)
 
 
 def test_plateaued_counts_evaluations_since_the_best():
@@ -24,8 +40,9 @@ def test_plateaued_counts_evaluations_since_the_best():
 
 
 def _run(workdir, monkeypatch):
-  """The tiny run with the teacher capped at 20 steps and patience 2, validation scripted; returns the
-  variables each stage was given, by stage and source."""
+  """The tiny run with the teacher capped at 10 epochs (20 steps of 16 of the 32 training images) and
+  patience 2, the other stages 2 epochs (4 steps), validation scripted; returns the variables each stage was
+  given, by stage and source."""
   def validate(self, stage, state):
     acc = TEACHER_CURVE[int(state.step)] if stage.name == "train_a@crop" else 0.5
     return {checkpoint.BEST_METRIC: acc}
@@ -44,7 +61,8 @@ def _run(workdir, monkeypatch):
   monkeypatch.setattr(experiment.Runner, "_validate", validate)
   monkeypatch.setattr(experiment.Runner, "train", recording_train)
   result = helpers.run_cli_in_process([f"--workdir={workdir}", *helpers.cli_tiny_args(
-      "--config.teacher_training.num_steps=20", "--config.teacher_training.patience=2",
+      "--config.num_steps=0", "--config.num_epochs=2", "--config.teacher_training.num_epochs=10",
+      "--config.teacher_training.patience=2",
       "--config.methods=('train_a','cqd')")])
   assert result.returncode == 0, result.stderr[-3000:]
   return given
@@ -58,7 +76,7 @@ def test_teacher_stops_early_and_later_stages_read_its_best_checkpoint(tmp_path,
   assert (teacher["steps_trained"], teacher["max_steps"], teacher["best_step"]) == (8, 20, 4)
   assert [h["step"] for h in json.loads((workdir / "stages/train_a@crop/validation.json").read_text())] == [2, 4, 6, 8]
   cqd = json.loads((workdir / "stages/lowres__cqd/result.json").read_text())[0]
-  assert (cqd["steps_trained"], cqd["max_steps"]) == (4, 4)  # the student keeps config.num_steps
+  assert (cqd["steps_trained"], cqd["max_steps"]) == (4, 4)  # the student keeps the config's length
 
   manager = checkpoint.make_manager(str(workdir / "stages/train_a@crop/checkpoints"), save_every=2, track_best=True)
   assert manager.best_step() == 4 and manager.latest_step() == 8
