@@ -280,6 +280,8 @@ def confusion_figure(degradation: str, after: str, pairs: Sequence[tuple[int, in
         image, box = examples[cls]
         shown = view(train.to_float(image[None]), box[None], jax.random.key(0))[0][0]
         _image_panel(ax, np.clip(np.asarray(shown), 0, 1), f"{class_names[cls]}\nview {letter}")
+  fig.suptitle(f"{degradation}: the class pairs whose confusion on view B drops most from train_b to {after}",
+               fontsize=11)
   return fig
 
 

@@ -15,6 +15,7 @@ The train iterator is checkpointable with Orbax next to the model state:
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Iterator, Sequence
 
@@ -22,6 +23,9 @@ import grain
 import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
+
+# TFDS advises installing OpenCV the first time it decodes an image; PIL decodes ours fine (cv2 is not a dependency).
+logging.getLogger("absl").addFilter(lambda record: not str(record.msg).startswith("OpenCV is not installed"))
 
 Batch = dict[str, np.ndarray]
 

@@ -8,7 +8,9 @@ next build starts again from scratch (and warns about the leftover directory, wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 from typing import Callable
 
@@ -98,7 +100,8 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None, manual_d
   """Builds data set `name` into `data_dir` unless already built (then it does nothing); returns the builder.
 
   `manual_dir` is where data sets with manually downloaded files look for them; when it is missing or empty
-  the FileNotFoundError names `manual_dir_flag`, the flag or config key that sets it. `progress`: TFDS's progress bars.
+  the FileNotFoundError names `manual_dir_flag`, the flag or config key that sets it. `progress`: TFDS's progress bars
+  and messages (False: a quiet build).
   """
   builder = get_builder(name, data_dir, **options)
   if not builder.is_prepared():
@@ -112,6 +115,8 @@ def prepare(name: str, data_dir: str, *, manual_dir: str | None = None, manual_d
     if leftovers := sorted(builder.data_path.parent.glob(f"incomplete.*_{builder.data_path.name}")):
       logging.warning("building %s: %s, left by an interrupted (or a still running) build, is never read; "
                       "delete it when no build is running", builder.info.full_name, ", ".join(map(str, leftovers)))
-    builder.download_and_prepare(file_format="array_record",
-                                 download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    # TFDS prints "Downloading and preparing ..." and "... downloaded and prepared" to stdout on every build.
+    with contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(file_format="array_record",
+                                   download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
