@@ -73,14 +73,14 @@ def plot(rows: Sequence[Row], degradations: Sequence[str], methods: Sequence[str
     xs = [d + (i - (len(lines) - 1) / 2) * width for d in range(len(degradations))]
     ax.bar(xs, values, width, label=f"{method} on {test}")
   ax.set_xticks(range(len(degradations)), degradations)
-  ax.set_xlabel("degradation (the test view is B, except where a bar says A)")
+  ax.set_xlabel("degradation")
   ax.set_ylabel("top-1 accuracy (%)")
-  ax.set_title("Top-1 accuracy on the test split, by method and test view", fontsize=10)
+  ax.set_title("Test accuracy by method (legend: method on test view)", fontsize=9)
   ax.set_ylim(0, 100)
   ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
   fig.tight_layout()
   with fileio.atomic_path(path) as tmp:
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")  # the legend sits outside the axes
   plt.close(fig)
 
 
