@@ -36,6 +36,7 @@ from PIL import Image
 import safetensors.numpy
 
 from cqd_jax import checkpoint
+from cqd_jax import config_lib
 from cqd_jax import degrade
 from cqd_jax import models
 from cqd_jax import train
@@ -162,7 +163,8 @@ def load(workdir: str, stage: str) -> Predictor:
                                           "dtype": config.compute_dtype},
           "class_names": data.class_names, "image_size": size,
           "storage_size": config.dataset.storage_size or data.builder.info.features["image"].shape[0],
-          "view": {"spec": found.view_b, "params": config.degrade_params.to_dict()}}
+          "view": {"spec": found.view_b, "params": config.degrade_params.to_dict()},
+          "plugins": list(config.get("plugins", ()))}  # where a model or view op of the user's own is registered
   networks = {name: _restore_view_network(workdir, name) for name in degrade.needs_variables(found.view_b)}
   return Predictor(spec, runner.final_variables(found), networks)
 
@@ -203,6 +205,7 @@ def load_exported(path: str) -> Predictor:
     spec = json.load(f)
   if spec.pop("format", None) != FORMAT:
     raise ValueError(f"{spec_path}: format {FORMAT} expected; it was written by another version of cqd_jax")
+  config_lib.load_plugins(ml_collections.ConfigDict({"plugins": tuple(spec.get("plugins", ()))}))
   arrays = traverse_util.unflatten_dict(safetensors.numpy.load_file(os.path.join(path, WEIGHTS_FILE)), sep="/")
   return Predictor(spec, arrays.get("model", {}), arrays.get("view_networks", {}))
 
