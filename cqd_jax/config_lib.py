@@ -20,7 +20,7 @@ import ml_collections
 from cqd_jax import fileio
 
 # Keys that change how a run is shown or paced but not its results; they may differ on resume.
-COSMETIC_KEYS = ("progress_bar", "compare", "log_every", "checkpoint_every", "dataset.worker_count", "dataset.cache_mb",
+COSMETIC_KEYS = ("progress_bar", "compare", "compare_seconds", "log_every", "checkpoint_every", "dataset.worker_count", "dataset.cache_mb",
                  "eval_batch_size", "multires",
                  "keep_checkpoints", "validation_split", "paper")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -51,6 +51,11 @@ def resolve_config(argv: list[str]) -> list[str]:
       out[i + 1] = shipped(out[i + 1])
   return out
 
+
+
+def is_cosmetic(key: str) -> bool:
+  """Whether dotted `key` is one of COSMETIC_KEYS or lies inside one of them."""
+  return any(key == c or key.startswith(c + ".") for c in COSMETIC_KEYS)
 
 
 class ConfigError(ValueError):
@@ -331,7 +336,7 @@ def save(config: ml_collections.ConfigDict, workdir: str, *, allow_changes: bool
                         "stages: use another --workdir")
     old, new = _flatten(stored), _flatten(current)
     changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not k.startswith(COSMETIC_KEYS))
+                     if old.get(k) != new.get(k) and not is_cosmetic(k))
     if changed:
       raise ConfigError(f"{path} was written by a run with a different config; differing keys: "
                         f"{', '.join(changed)} (use another --workdir, or --allow_config_change)")

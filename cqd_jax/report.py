@@ -70,7 +70,7 @@ class Setting:
 def setting_key(config: dict[str, Any]) -> str:
   """What makes two runs' configs the same setting: the flat config without `seed` and cosmetic keys."""
   flat = config_lib._flatten(config)  # pylint: disable=protected-access (the same flattening as resume checks)
-  return json.dumps({k: v for k, v in flat.items() if k != "seed" and not k.startswith(config_lib.COSMETIC_KEYS)},
+  return json.dumps({k: v for k, v in flat.items() if k != "seed" and not config_lib.is_cosmetic(k)},
                     sort_keys=True)
 
 

@@ -93,7 +93,7 @@ class CubPaired(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-      Put in paired.manual_dir either the official archive {_ARCHIVE} or its extracted folder {_FOLDER}/, which
+      Put in manual_dir either the official archive {_ARCHIVE} or its extracted folder {_FOLDER}/, which
       holds {', '.join(_COLUMNS)} and images/ (any subset of the classes, in the official layout).
       """
   # See synthetic_tfds.py: TFDS's own lookup of this file needs the absent `importlib_resources`.
