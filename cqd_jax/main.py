@@ -147,6 +147,9 @@ def run_command(body: Callable[[ml_collections.ConfigDict, str], None],
     multihost.initialize(_MULTIHOST.value, coordinator_address=_COORDINATOR.value,
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)  # before any JAX call
     config = _CONFIG.value
+    if config.get("plugins"):  # stored absolute in config.json, so that later commands find them from anywhere
+      config.plugins = tuple(os.path.abspath(os.path.expanduser(p)) if p.endswith(".py") else p
+                             for p in config.plugins)
     config_lib.validate(config)
     if check is not None:
       check(config)

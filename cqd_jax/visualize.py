@@ -62,6 +62,7 @@ def main(argv: list[str]) -> None:
 
   args = flags.FLAGS
   config = args.config
+  config_lib.load_plugins(config)
   if args.data_dir:
     config.dataset.data_dir = args.data_dir
   data = experiment.prepare_data(config, workdir=".")  # the same data set (and default ./data) a run uses

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import os
 from typing import Callable
@@ -81,7 +82,11 @@ def check_split(name: str, split: str) -> None:
 def check_options(name: str, **options) -> None:
   """Raises ValueError for an option that data set `name` does not take or a value it refuses; builds nothing."""
   _check_name(name)
-  known = [f.name for f in dataclasses.fields(synthetic.SyntheticSpec)] if name == "cqd_synthetic" else []
+  if name == "cqd_synthetic":
+    known = [f.name for f in dataclasses.fields(synthetic.SyntheticSpec)]
+  else:  # a builder function's keyword parameters after data_dir (a data set a plugin registers may take some)
+    known = [p.name for p in list(inspect.signature(DATASETS[name]).parameters.values())[1:]
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
   if unknown := sorted(set(options) - set(known)):
     raise ValueError(f"data set {name} has no option {', '.join(unknown)}; "
                      f"{'options: ' + ', '.join(known) if known else 'it takes none'}")
