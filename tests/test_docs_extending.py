@@ -173,6 +173,8 @@ def test_a_degradation_in_one_file_runs_cqd(tmp_path):
   assert (cqd["degradation"], cqd["stage"], cqd["steps_trained"]) == ("posterize", "posterize/cqd", "4")
   views = _summaries(workdir / "tensorboard" / "posterize__cqd")  # the first batch as each stream saw it
   assert _grey_levels(views["views/b_32px"]) <= 3 < _grey_levels(views["views/a_32px"])  # levels=3
+  # Stored absolute, so that analyze, predict and a resume find the plugin from any directory.
+  assert json.loads((workdir / "config.json").read_text())["plugins"] == [str(tmp_path / "posterize.py")]
 
 
 @pytest.mark.slow
