@@ -73,7 +73,7 @@ class Step:
     params = config.degrade_params.to_dict()
     model = experiment.make_model(config, "model", num_classes)  # the teacher too: config.model's architecture
     self.mesh = train.data_mesh()
-    tx, _ = train.make_optimizer(config.optimizer, config.num_steps)
+    tx, _ = train.make_optimizer(config.optimizer, config.num_steps or 1000)  # length in epochs: any will do
     self.state = train.replicate(
         train.create_train_state(model, jax.random.key(0), config.image_size, tx), self.mesh)
     teacher = models.init_variables(model, jax.random.key(1), config.image_size)
