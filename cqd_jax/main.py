@@ -192,18 +192,7 @@ def main(argv: list[str]) -> None:
 
 def run(entry: Callable[[list[str]], None] = main) -> None:
   """Entry point of the `cqd-jax` console script (and, with its `main`, of `cqd_jax.tune`)."""
-  try:
-    app.run(entry, flags_parser=parse_flags)
-  except SystemExit as e:
-    if not e.code:
-      raise
-    # A failed run exits at once: after a failed Orbax restore, TensorStore reads still in flight call back
-    # into a closed asyncio loop during interpreter shutdown and print "Event loop is closed" tracebacks. The
-    # filter in checkpoint.restore_latest catches those raised while running; a plain exit still let one
-    # through in 1 of 6 runs.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(e.code if isinstance(e.code, int) else 1)
+  checkpoint.exit_at_once_on_failure(lambda: app.run(entry, flags_parser=parse_flags))
 
 
 if __name__ == "__main__":

@@ -276,16 +276,8 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  """`main` on sys.argv; a failed run leaves at once (as cqd_jax.main.run does: after a failed Orbax restore
-  TensorStore reads still in flight would print tracebacks at interpreter shutdown)."""
-  try:
-    main(sys.argv)
-  except SystemExit as e:
-    if not e.code:
-      raise
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(e.code if isinstance(e.code, int) else 1)
+  """`main` on sys.argv; a failed run leaves at once (checkpoint.exit_at_once_on_failure)."""
+  checkpoint.exit_at_once_on_failure(lambda: main(sys.argv))
 
 
 if __name__ == "__main__":
