@@ -28,7 +28,7 @@ import helpers
 
 pytestmark = pytest.mark.slow
 
-torch = helpers.require_torch()
+torch = pytest.importorskip("torch", reason=helpers.NO_TORCH)  # the whole module needs it
 if helpers.REPO not in sys.path:
   sys.path.insert(0, helpers.REPO)
 from benchmarks import step as bench_step  # pylint: disable=g-import-not-at-top,wrong-import-position
