@@ -13,7 +13,7 @@ once. The argument picks the degradation:
   distortion           A = box crop, B = TPS-warped crop
   localization_lowres  A = box crop, B = whole image at 36 px, upsampled
 
-T and lambda are the paper's; to choose them on the validation split instead (docs: README, "Tuning"):
+T and lambda are the paper's; to choose them on the validation split instead (README: `cqd_jax.tune`):
 
   python -m cqd_jax.tune --config=configs/cub_subset.py:lowres --workdir=/tmp/tune_cub \
       --grid=kd.temperature=2,10 --grid=kd.weight=50,200 --methods=cqd

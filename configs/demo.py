@@ -76,7 +76,7 @@ def get_config(arg: str = "lowres,localize") -> ml_collections.ConfigDict:
   # Compute the teacher's logits once per image and flip (view A is fixed and flips are the only
   # augmentation here) instead of running the teacher in every step.
   config.cache_teacher = False
-  # Methods of this experiment beyond the built-in ones (README, "Adding a method").
+  # Methods of this experiment beyond the built-in ones (docs/concepts.md, docs/extending.md).
   config.method_defs = {}
   # Python files (or module names) imported before the config is checked: a new degradation, model, loss or
   # data set registers itself there (docs/extending.md).

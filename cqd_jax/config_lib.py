@@ -378,7 +378,7 @@ def paper_base(dataset: str, *, distill_weight: float) -> ml_collections.ConfigD
   # Compute the teacher's logits once per image (and flip) instead of in every step; needs
   # augment.crop_margin = 0, so off here.
   config.cache_teacher = False
-  # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (README).
+  # Methods of this experiment beyond methods.METHODS: {name: {streams: ..., terms: ...}} (docs/concepts.md).
   config.method_defs = {}
   # Python files (or module names) imported before the config is checked: a new degradation, model, loss or
   # data set registers itself there (docs/extending.md).

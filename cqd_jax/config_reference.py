@@ -40,7 +40,7 @@ KEYS: dict[str, str] = {
     "methods": "The methods trained for every degradation (names of methods.METHODS or of method_defs); the stages "
                "they take weights from (train_a for cqd, say) are trained first, once.",
     "method_defs.*": "Free-form: this experiment's own methods, {name: {streams: {...}, terms: (...), description}} "
-                     "(README, 'Adding a method'); a name may not be a built-in method's.",
+                     "(docs/concepts.md, docs/extending.md); a name may not be a built-in method's.",
     "plugins": "Python files (relative to the current directory) or module names imported before the config is "
                "checked, so that the degradations, models, losses or data sets they register can be named.",
     "compute_dtype": "Precision the networks compute in: float32, bfloat16 (TPUs and recent GPUs; parameters, "

@@ -155,15 +155,15 @@ def test_a_feature_term_across_input_sizes_trains_its_adapter_and_is_not_exporte
   assert "adapters" not in state.variables["params"]
 
 
-README_BLOCK = re.compile(r"<!-- adding-a-method -->\s*```python\n(.*?)```", re.S)
+DOCS_BLOCK = re.compile(r"<!-- adding-a-method -->\s*```python\n(.*?)```", re.S)
 
 
-def test_readme_adding_a_method_runs():
-  """The README's "Adding a method" snippet, executed on the tiny config: the method validates and its
-  terms are in the metrics of a step."""
-  readme = open(f"{helpers.REPO}/README.md").read()
-  match = README_BLOCK.search(readme)
-  assert match, "README.md has no <!-- adding-a-method --> python block"
+def test_docs_adding_a_method_runs():
+  """docs/concepts.md's method_defs snippet, executed on the tiny config: the method validates and its terms
+  are in the metrics of a step."""
+  text = open(f"{helpers.REPO}/docs/concepts.md").read()
+  match = DOCS_BLOCK.search(text)
+  assert match, "docs/concepts.md has no <!-- adding-a-method --> python block"
   config = helpers.tiny_experiment_config()
   exec(match.group(1), {"config": config})  # pylint: disable=exec-used
   name = config.methods[-1]
