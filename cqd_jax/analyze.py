@@ -47,17 +47,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise ValueError(f"--workdir {workdir} has no config.json: not the workdir of a cqd_jax.main run")
   with open(path) as f:
-    config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    config = ml_collections.ConfigDict(config_lib.tuples(json.load(f)))
   config_lib.load_plugins(config)
   return config
-
-
-def _tuples(tree: Any) -> Any:
-  if isinstance(tree, dict):
-    return {k: _tuples(v) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return tuple(_tuples(v) for v in tree)
-  return tree
 
 
 def tau(grad_norm_sq: np.ndarray, boxes: np.ndarray) -> np.ndarray:

@@ -53,6 +53,13 @@ def resolve_config(argv: list[str]) -> list[str]:
 
 
 
+def tuples(tree: Any) -> Any:
+  """JSON's lists back into the tuples a config holds (model options such as widths), in nested dicts."""
+  if isinstance(tree, dict):
+    return {k: tuples(v) for k, v in tree.items()}
+  return tuple(tuples(v) for v in tree) if isinstance(tree, (list, tuple)) else tree
+
+
 def is_cosmetic(key: str) -> bool:
   """Whether dotted `key` is one of COSMETIC_KEYS or lies inside one of them."""
   return any(key == c or key.startswith(c + ".") for c in COSMETIC_KEYS)

@@ -68,8 +68,8 @@ class Predictor:
     self.stage, self.class_names = spec["stage"], list(spec["class_names"])
     self.view, self.image_size, self.storage_size = spec["view"]["spec"], spec["image_size"], spec["storage_size"]
     m = spec["model"]
-    self.model = models.get_model(m["name"], len(self.class_names), dtype=m["dtype"], **_tuples(m["options"]))
-    view = degrade.make_view(self.view, self.image_size, _tuples(spec["view"]["params"]))
+    self.model = models.get_model(m["name"], len(self.class_names), dtype=m["dtype"], **config_lib.tuples(m["options"]))
+    view = degrade.make_view(self.view, self.image_size, config_lib.tuples(spec["view"]["params"]))
     self._forward = jax.jit(functools.partial(_forward, model=self.model, view=view))
 
   def predict(self, images: np.ndarray | Sequence[np.ndarray], boxes: np.ndarray | None = None) -> np.ndarray:
@@ -140,13 +140,6 @@ def _forward(variables: Variables, networks: dict[str, Variables], images: jax.A
   """Class probabilities of uint8 images seen through `view`, as the evaluation steps apply the model."""
   x = view(train.to_float(images), boxes, key, networks)[0]
   return jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32))
-
-
-def _tuples(tree: Any) -> Any:
-  """JSON's lists back into the tuples a config holds (model options such as widths), in nested dicts."""
-  if isinstance(tree, dict):
-    return {k: _tuples(v) for k, v in tree.items()}
-  return tuple(_tuples(v) for v in tree) if isinstance(tree, (list, tuple)) else tree
 
 
 def load(workdir: str, stage: str) -> Predictor:
